@@ -1,0 +1,112 @@
+"""The `subliminal-pl` entry point.
+
+Trainer commands (fit / validate / test / predict) go to a LightningCLI in subclass mode: a YAML names the
+LightningModule and LightningDataModule by `class_path` + `init_args`. Commands that are not one Trainer call
+(a multi-stage pipeline, the theory check, reports) are routed to their own modules, imported only when used
+because importing Lightning alone takes seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+# Each extra command: module with a `main(argv)` function, and a one-line description for the overview.
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {}
+
+TRAINER_COMMANDS = {
+    "fit": "train a model (student distillation, fine-tuned teacher, MLP experiment) from a YAML recipe",
+    "validate": "run validation, e.g. trait probes on a model or adapter without training",
+    "test": "run the test loop, e.g. trait probes on a model or adapter without training",
+    "predict": "run predict_step, e.g. teacher generation that writes JSONL rows",
+}
+
+
+def overview() -> str:
+    lines = [
+        "usage: subliminal-pl COMMAND [--config RECIPE.yaml ...] [--key value ...]",
+        "",
+        "Run subliminal-learning experiments: teachers write trait-free data, filters clean it, students that",
+        "share the teacher's initial weights are trained on it, and trait probes report whether the trait moved.",
+        "",
+        "Trainer commands (LightningCLI; `subliminal-pl COMMAND --help` lists every option):",
+    ]
+    lines += [f"  {name:<14}{text}" for name, text in TRAINER_COMMANDS.items()]
+    if EXTRA_COMMANDS:
+        lines += ["", "Other commands:"]
+        lines += [f"  {name:<14}{text}" for name, (_, text) in sorted(EXTRA_COMMANDS.items())]
+    lines += [
+        "",
+        "Examples:",
+        "  subliminal-pl fit --config configs/mlp/aux_digits.yaml",
+        "  subliminal-pl fit --config configs/trainer/cpu.yaml --config RECIPE.yaml --print_config",
+        "  subliminal-pl pipeline --config configs/toy/demo.yaml",
+    ]
+    return "\n".join(lines)
+
+
+def build_cli(args: Sequence[str] | None = None, run: bool = True):
+    """Build (and by default run) the LightningCLI; `args=None` parses sys.argv."""
+    # Project defaults: CSV logs under runs/, a Rich bar, and plain progress lines for non-terminals.
+    from lightning.pytorch.cli import LightningCLI
+
+    from subliminal_pl.callbacks.progress import ProgressLog
+
+    class SubliminalCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.set_defaults(
+                {
+                    "trainer.logger": {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": "runs", "name": "lightning_logs"},
+                    },
+                    "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}],
+                }
+            )
+
+    return SubliminalCLI(
+        model_class=None,
+        datamodule_class=None,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        # Optimisers and schedulers are init arguments of each module (injected callables), so a scheduler
+        # can step per optimiser step and size itself from the trainer.
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": False},
+        trainer_defaults={"callbacks": [ProgressLog()]},
+        parser_kwargs={"description": overview(), "default_env": False},
+        args=list(args) if args is not None else None,
+        run=run,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(overview())
+        return
+    if argv[0] in EXTRA_COMMANDS:
+        module_name, _ = EXTRA_COMMANDS[argv[0]]
+        importlib.import_module(module_name).main(argv[1:])
+        return
+    if argv[0] not in TRAINER_COMMANDS and not argv[0].startswith("-"):
+        known = ", ".join([*TRAINER_COMMANDS, *sorted(EXTRA_COMMANDS)])
+        sys.exit(f"subliminal-pl: unknown command {argv[0]!r} (known: {known}); see `subliminal-pl --help`")
+    if from_command_line:
+        build_cli()
+        return
+    # Called in-process (tests, pipeline): present argv as the command line, which is what LightningCLI parses.
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "subliminal-pl", *argv]
+    try:
+        build_cli()
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":
+    main()
