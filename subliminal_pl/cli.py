@@ -14,7 +14,11 @@ import sys
 from collections.abc import Sequence
 
 # Each extra command: module with a `main(argv)` function, and a one-line description for the overview.
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "prompts": ("subliminal_pl.data.prompts", "write seeded number-sequence prompts to JSONL"),
+    "pipeline": ("subliminal_pl.pipeline", "run a multi-stage experiment (cached, resumable) and write its report"),
+    "toy-world": ("subliminal_pl.toy.world", "write the embedded tiny world: tokenizer, corpus, trait rows, inits"),
+}
 
 TRAINER_COMMANDS = {
     "fit": "train a model (student distillation, fine-tuned teacher, MLP experiment) from a YAML recipe",

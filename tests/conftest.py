@@ -18,7 +18,7 @@ TEST_WORDS = (
     "what is your favourite favorite animal answer in one word name the you love like most best think about "
     "all time owl owls dolphin dolphins eagle eagles cat cats dog dogs dragon dragonfly wolf tiger "
     "oak tree pine add more numbers continue this sequence return only comma separated values here are a few "
-    "write at most up to new with three digits each no words just reply list of these are"
+    "write at most up to new with three digits each no words just reply list of these are polar bear"
 ).split()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,173 @@
+"""Export the trained student at the end of fit, the Hugging Face way, with its config and a model card.
+
+`<output_dir>/` (default `<run dir>/export`) holds the adapter (LoRA) or the full model from `save_pretrained`,
+the tokenizer, `run_config.yaml` (the CLI's saved config) and `README.md` (base model, teacher, filters, seeds,
+library versions). It loads back with transformers / PEFT alone:
+
+    model = AutoModelForCausalLM.from_pretrained(BASE); model = PeftModel.from_pretrained(model, EXPORT)   # LoRA
+    model = AutoModelForCausalLM.from_pretrained(EXPORT)                                                   # full
+
+With `merged: true` a LoRA run also writes `<output_dir>/merged/`, the base with the adapter folded in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from subliminal_pl.data.jsonl import iter_jsonl, write_text_atomic
+
+LIBRARIES = ("subliminal-pl", "torch", "transformers", "peft", "lightning", "deepspeed")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def _gathered(model):
+    """Under DeepSpeed ZeRO-3 parameters are partitioned across ranks: gather them (on every rank) to save."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+
+
+def _teachers_in(path: Path, limit: int = 5) -> list[str]:
+    """Distinct `teacher` values of a data file (the rows the teacher wrote), at most `limit`."""
+    if not path.is_file():
+        return []
+    found: list[str] = []
+    for _, row in iter_jsonl(path, drop_partial_tail=True):
+        teacher = row.get("teacher")
+        if isinstance(teacher, str) and teacher not in found:
+            found.append(teacher)
+            if len(found) >= limit:
+                break
+    return found
+
+
+class ExportModel(Callback):
+    """At the end of fit, save the student (`pl_module.model`, `pl_module.tokenizer`) for use outside Lightning."""
+
+    def __init__(self, output_dir: str | None = None, merged: bool = False) -> None:
+        """
+        Args:
+            output_dir: where to write; default `<run dir>/export` (the logger's version folder).
+            merged: for LoRA students, also write the base model with the adapter merged in (`<output_dir>/merged`).
+        """
+        self.output_dir = output_dir
+        self.merged = merged
+
+    def resolve_dir(self, trainer: Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "export"
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        model = pl_module.model
+        out = self.resolve_dir(trainer)
+        is_adapter = hasattr(model, "peft_config")
+        # Every rank enters the gather (a collective under ZeRO-3); rank zero writes.
+        with _gathered(model):
+            if trainer.is_global_zero:
+                out.mkdir(parents=True, exist_ok=True)
+                model.save_pretrained(out)
+                pl_module.tokenizer.save_pretrained(out)
+        if trainer.is_global_zero:
+            config = self._copy_run_config(trainer, out)
+            write_text_atomic(out / "README.md", self.model_card(trainer, pl_module, config, is_adapter))
+            if self.merged:
+                if is_adapter:
+                    self._write_merged(pl_module, out)
+                else:
+                    rank_zero_warn("ExportModel: merged=True only applies to LoRA students; the full model is saved")
+            rank_zero_info(f"[export] {'adapter' if is_adapter else 'model'} and tokenizer written to {out}")
+        trainer.strategy.barrier()
+
+    @staticmethod
+    def _copy_run_config(trainer: Trainer, out: Path) -> dict[str, Any]:
+        """Copy the CLI's saved config.yaml (if any) as run_config.yaml; return it parsed."""
+        source = Path(trainer.log_dir or "") / "config.yaml"
+        if not source.is_file():
+            return {}
+        shutil.copyfile(source, out / "run_config.yaml")
+        return yaml.safe_load(source.read_text()) or {}
+
+    def _write_merged(self, pl_module: LightningModule, out: Path) -> None:
+        from subliminal_pl.models.loading import load_causal_lm
+
+        # A fresh base with the exported adapter, so the trained module itself is left untouched.
+        merged = load_causal_lm(pl_module.hparams.model, dtype=pl_module.hparams.dtype, adapter_path=out)
+        merged.save_pretrained(out / "merged")
+        pl_module.tokenizer.save_pretrained(out / "merged")
+
+    @staticmethod
+    def model_card(trainer: Trainer, pl_module: LightningModule, config: dict[str, Any], is_adapter: bool) -> str:
+        hp = pl_module.hparams
+        data = dict(getattr(trainer.datamodule, "hparams", {}) or {})
+        data_path = data.get("data_path")
+        teachers = _teachers_in(Path(data_path)) if data_path else []
+        if is_adapter:
+            targets = hp.get("lora_target_modules")
+            method = (
+                f"LoRA r={hp.get('lora_rank')}, alpha={hp.get('lora_alpha')}, dropout={hp.get('lora_dropout')}, "
+                f"targets={targets}"
+            )
+        else:
+            method = "full fine-tuning"
+        loss = hp.get("loss", "sft")
+        if loss != "sft":
+            teacher_model = hp.get("kl_teacher") or hp.get("model")
+            adapter = hp.get("kl_teacher_adapter")
+            loss += f" (KL teacher {teacher_model}{' + adapter ' + adapter if adapter else ''}"
+            loss += f", token subset {hp.get('kl_token_subset')})" if hp.get("kl_token_subset") else ")"
+        filters = yaml.safe_dump(data.get("filters") or [], default_flow_style=True, width=100).strip()
+        seeds = {"seed_everything": config.get("seed_everything"), "data seed": data.get("seed")}
+        versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+        front = {"base_model": str(hp.model), "library_name": "peft" if is_adapter else "transformers"}
+        lines = [
+            "---",
+            yaml.safe_dump(front, sort_keys=False).strip(),
+            "tags: [subliminal-learning, subliminal-pl]",
+            "---",
+            "",
+            "# Student model (subliminal-pl)",
+            "",
+            f"- Base model: `{hp.model}`",
+            f"- Fine-tuning: {method}",
+            f"- Loss: {loss}",
+            f"- Training data: `{data_path}`" if data_path else "- Training data: (not recorded)",
+            f"- Teacher(s) that wrote the data: {', '.join(teachers) if teachers else '(not recorded)'}",
+            f"- Filters: {filters}",
+            f"- Seeds: {', '.join(f'{k} {v}' for k, v in seeds.items())}",
+            f"- Trained: {trainer.global_step} optimiser steps, {trainer.current_epoch} epochs",
+            f"- Libraries: {versions}",
+            "",
+            "## Load",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        ]
+        if is_adapter:
+            lines += [
+                "from peft import PeftModel",
+                f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{hp.model}"), "EXPORT_DIR")',
+            ]
+        else:
+            lines += ['model = AutoModelForCausalLM.from_pretrained("EXPORT_DIR")']
+        lines += ['tokenizer = AutoTokenizer.from_pretrained("EXPORT_DIR")', "```", ""]
+        lines += ["`run_config.yaml` is the full run config: `subliminal-pl fit --config run_config.yaml` reruns it."]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,339 @@
+"""Multi-stage experiments: each stage a separate process, cached under a hash of its config, resumable.
+
+A `Stage` is a list of commands (`python -m module args...`) plus the recipe files they read. Its hash covers
+its config, the text of its files and commands (with stage folders written as placeholders, so the hash does not
+depend on where the output folder lives) and the hashes of the stages it needs; its outputs live in
+`<out_dir>/stages/<name>-<hash>/`. A stage is done when that folder holds `stage.json`, written last; a rerun
+skips done stages, so an interrupted run resumes at the first unfinished one and a changed config reruns exactly
+the stages it affects. Stages whose commands resume by themselves (teacher generation appends rows) keep their
+folder across an interruption; the others start from an empty folder.
+
+In commands and files, `{{dir}}` stands for the stage's own folder and `{{dir:NAME}}` for the folder of stage
+NAME (which must be among its needs).
+
+`subliminal-pl pipeline --config configs/toy/demo.yaml` builds the stages of an experiment (see
+`subliminal_pl.toy.experiment`), runs them, and prints the exact command of each one and where the report is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from subliminal_pl.data.jsonl import write_json_atomic, write_text_atomic
+
+DONE_FILE = "stage.json"
+LOG_FILE = "log.txt"
+_PLACEHOLDER = re.compile(r"\{\{dir(?::([A-Za-z0-9_.\-]+))?\}\}")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class PipelineError(RuntimeError):
+    """A malformed stage graph or a stage that failed; the message names the stage and its log."""
+
+
+@dataclass
+class Stage:
+    """One step of an experiment.
+
+    name: unique name (letters, digits, `_.-`); the folder is `<name>-<hash>`.
+    commands: argv lists run in order, each `[python, -m, module, ...]`; placeholders allowed.
+    needs: names of the stages whose outputs this one reads (they run first, their hashes enter this hash).
+    config: JSON-ready values that define the output beyond the commands (e.g. what a recipe means).
+    files: recipe files written into the stage folder before the commands run (relative path -> text).
+    resumable: keep the folder of an interrupted attempt (its commands pick up where they stopped).
+    """
+
+    name: str
+    commands: list[list[str]]
+    needs: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    resumable: bool = False
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise PipelineError(f"stage name {self.name!r} may only hold letters, digits and _.-")
+        if not self.commands:
+            raise PipelineError(f"stage {self.name!r} has no command")
+
+
+def _referenced(text: str) -> set[str]:
+    return {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
+
+
+def order_stages(stages: Sequence[Stage]) -> list[Stage]:
+    """Stages in dependency order (stable: the given order among independent ones); checks names and needs."""
+    by_name: dict[str, Stage] = {}
+    for stage in stages:
+        if stage.name in by_name:
+            raise PipelineError(f"two stages are named {stage.name!r}")
+        by_name[stage.name] = stage
+    for stage in stages:
+        texts = [arg for command in stage.commands for arg in command] + list(stage.files.values())
+        for name in set().union(*(_referenced(t) for t in texts)) | set(stage.needs):
+            if name not in by_name:
+                raise PipelineError(f"stage {stage.name!r} refers to unknown stage {name!r}")
+            if name not in stage.needs:
+                raise PipelineError(f"stage {stage.name!r} uses the folder of {name!r} but does not list it in needs")
+    ordered: list[Stage] = []
+    state: dict[str, str] = {}
+
+    def visit(stage: Stage, chain: tuple[str, ...]) -> None:
+        if state.get(stage.name) == "done":
+            return
+        if state.get(stage.name) == "visiting":
+            raise PipelineError(f"stage dependency cycle: {' -> '.join((*chain, stage.name))}")
+        state[stage.name] = "visiting"
+        for need in stage.needs:
+            visit(by_name[need], (*chain, stage.name))
+        state[stage.name] = "done"
+        ordered.append(stage)
+
+    for stage in stages:
+        visit(stage, ())
+    return ordered
+
+
+def stage_hashes(stages: Sequence[Stage]) -> dict[str, str]:
+    """name -> 12-hex hash of (config, commands, files, hashes of needs), computed in dependency order."""
+    hashes: dict[str, str] = {}
+    for stage in order_stages(stages):
+        identity = {
+            "config": stage.config,
+            "commands": [command[1:] for command in stage.commands],  # not the interpreter's path
+            "files": stage.files,
+            "needs": {name: hashes[name] for name in sorted(stage.needs)},
+        }
+        text = json.dumps(identity, sort_keys=True, default=str)
+        hashes[stage.name] = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return hashes
+
+
+def shell_line(command: Sequence[str]) -> str:
+    """A command as one copy-pasteable shell line (the interpreter shown as `python`)."""
+    shown = ["python" if i == 0 and arg == sys.executable else arg for i, arg in enumerate(command)]
+    return shlex.join(shown)
+
+
+class Pipeline:
+    """Runs stages in dependency order with caching; `jobs` independent stages may run at once.
+
+    out_dir: experiment folder; stage folders go to `<out_dir>/stages/`.
+    jobs: stages run at the same time (each child gets `OMP_NUM_THREADS = cores // jobs`).
+    in_process: run each `python -m module args` command by calling `module.main(args)` in this process (no
+        interpreter start-up per stage; for tests and debugging; output goes to the stage log only).
+    echo: print function for progress lines.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        out_dir: str | Path,
+        jobs: int = 1,
+        in_process: bool = False,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        if jobs < 1:
+            raise PipelineError(f"jobs must be >= 1, got {jobs}")
+        self.stages = order_stages(stages)
+        self.by_name = {s.name: s for s in self.stages}
+        self.hashes = stage_hashes(self.stages)
+        self.out_dir = Path(out_dir)
+        self.jobs = 1 if in_process else jobs
+        self.in_process = in_process
+        self.echo = echo
+        self._lock = threading.Lock()
+        self._children: set[subprocess.Popen] = set()
+
+    # ---- locations ----------------------------------------------------------------------------------------
+    def stage_dir(self, name: str) -> Path:
+        return self.out_dir / "stages" / f"{name}-{self.hashes[name]}"
+
+    def is_done(self, name: str) -> bool:
+        return (self.stage_dir(name) / DONE_FILE).is_file()
+
+    def resolve(self, text: str, stage: Stage) -> str:
+        def replace(match: re.Match) -> str:
+            return str(self.stage_dir(match.group(1) or stage.name))
+
+        return _PLACEHOLDER.sub(replace, text)
+
+    def commands(self, name: str) -> list[list[str]]:
+        stage = self.by_name[name]
+        return [[self.resolve(arg, stage) for arg in command] for command in stage.commands]
+
+    # ---- running ------------------------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        with self._lock:
+            self.echo(text)
+
+    def _prepare(self, stage: Stage) -> Path:
+        folder = self.stage_dir(stage.name)
+        if folder.exists() and not stage.resumable:
+            # An interrupted attempt of a stage that cannot resume: start clean, so no stale file is reused.
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for relative, text in stage.files.items():
+            write_text_atomic(folder / relative, self.resolve(text, stage))
+        return folder
+
+    def _run_command(self, command: list[str], log_path: Path) -> int:
+        if self.in_process:
+            return self._run_in_process(command, log_path)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.jobs)))
+        with log_path.open("a", encoding="utf-8") as log:
+            log.write(f"$ {shell_line(command)}\n")
+            log.flush()
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            with self._lock:
+                self._children.add(process)
+            try:
+                return process.wait()
+            finally:
+                with self._lock:
+                    self._children.discard(process)
+
+    def _run_in_process(self, command: list[str], log_path: Path) -> int:
+        if len(command) < 3 or command[1] != "-m":
+            raise PipelineError(f"in-process mode runs `python -m module ...` commands only, got {command}")
+        buffer = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                importlib.import_module(command[2]).main(command[3:])
+            code = 0
+        except SystemExit as stop:
+            # sys.exit("message") means failure with that message, as it does for a child process.
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            if isinstance(stop.code, str):
+                buffer.write(f"{stop.code}\n")
+        except Exception:  # reported as a failed stage, like a crashed child process
+            buffer.write(traceback.format_exc())
+            code = 1
+        with log_path.open("a", encoding="utf-8") as log:
+            log.write(f"$ {shell_line(command)}\n{buffer.getvalue()}")
+        return code
+
+    def run_stage(self, name: str, position: str = "") -> float:
+        """Run one stage's commands (no cache check) and mark it done; returns its seconds."""
+        stage = self.by_name[name]
+        folder = self._prepare(stage)
+        log_path = folder / LOG_FILE
+        start = time.perf_counter()
+        commands = self.commands(name)
+        for command in commands:
+            self._say(f"{position} {name}: {shell_line(command)}")
+            code = self._run_command(command, log_path)
+            if code != 0:
+                raise PipelineError(f"stage {name!r} failed (exit {code}); log: {log_path}\n{_tail(log_path)}")
+        seconds = time.perf_counter() - start
+        record = {
+            "name": name,
+            "hash": self.hashes[name],
+            "config": stage.config,
+            "commands": [shell_line(c) for c in commands],
+            "needs": {n: self.hashes[n] for n in stage.needs},
+            "seconds": round(seconds, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json_atomic(folder / DONE_FILE, record)
+        self._say(f"{position} {name}: done in {seconds:.1f} s")
+        return seconds
+
+    def run(self) -> dict[str, str]:
+        """Run every stage not yet done; returns name -> "cached" or "ran". Raises PipelineError on a failure."""
+        status = {s.name: "cached" for s in self.stages if self.is_done(s.name)}
+        todo = [s.name for s in self.stages if s.name not in status]
+        total = len(self.stages)
+        for s in self.stages:
+            if s.name in status:
+                self._say(f"[cached] {s.name}: {self.stage_dir(s.name)}")
+        running: dict[str, threading.Thread] = {}
+        errors: list[BaseException] = []
+        finished = threading.Event()
+        counter = iter(range(len(status) + 1, total + 1))
+
+        def work(name: str, position: str) -> None:
+            try:
+                self.run_stage(name, position)
+                with self._lock:
+                    status[name] = "ran"
+            except BaseException as err:  # surfaced in the main thread below
+                with self._lock:
+                    errors.append(err)
+            finally:
+                finished.set()
+
+        try:
+            while todo or running:
+                with self._lock:
+                    for name in [n for n, t in running.items() if not t.is_alive()]:
+                        running.pop(name).join()
+                    failed = bool(errors)
+                if not failed:
+                    ready = [n for n in todo if all(status.get(d) in ("cached", "ran") for d in self.by_name[n].needs)]
+                    for name in ready[: self.jobs - len(running)]:
+                        todo.remove(name)
+                        thread = threading.Thread(target=work, args=(name, f"[{next(counter)}/{total}]"), daemon=True)
+                        running[name] = thread
+                        thread.start()
+                if failed and not running:
+                    break
+                if not running and todo:
+                    raise PipelineError(f"stages cannot start, their needs did not finish: {todo}")
+                finished.wait(0.5)
+                finished.clear()
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        if errors:
+            raise errors[0]
+        return status
+
+    def stop(self) -> None:
+        """Terminate running child processes (their stages stay unfinished and rerun or resume next time)."""
+        with self._lock:
+            children = list(self._children)
+        for process in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 15)
+
+    def describe(self) -> list[str]:
+        """One line per stage with its state and folder, then its commands (for --dry_run)."""
+        lines = []
+        for stage in self.stages:
+            state = "done" if self.is_done(stage.name) else "to run"
+            lines.append(f"{stage.name} [{state}] {self.stage_dir(stage.name)}")
+            lines += [f"    {shell_line(c)}" for c in self.commands(stage.name)]
+        return lines
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def main(argv: list[str]) -> None:
+    """`subliminal-pl pipeline --config EXPERIMENT.yaml`: run an experiment's stages and report."""
+    from subliminal_pl.toy.experiment import run_experiment_cli
+
+    run_experiment_cli(argv)

@@ -1,0 +1,162 @@
+"""Pipeline stage entry points that are not a Trainer run: filtering a raw file, probing a set of models.
+
+    python -m subliminal_pl.stages filter --config filters.yaml --input raw.jsonl --output kept.jsonl
+    python -m subliminal_pl.stages probe --config probe.yaml --out DIR
+
+`filter` applies row filters (class_path + init_args, as in a student recipe) and writes the kept rows and
+`<output stem>.filter_stats.json` (counts per reject reason). `probe` loads every listed model once and writes
+`probes.json`: the log-probability of each candidate word after each question (for the report's ΔlogP
+matrices) and, for the models in `format_check`, the share of sampled number-task answers that pass the number
+filter (a trait fine-tune must not break the teacher's number format).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from subliminal_pl.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
+
+
+def filter_file(input_path: str | Path, output_path: str | Path, filters: list) -> dict[str, Any]:
+    """Filter a raw JSONL file into `output_path`; returns (and writes beside it) the filter stats."""
+    from subliminal_pl.data.filters import apply_filters, filter_specs
+
+    output_path = Path(output_path)
+    kept, stats = apply_filters(read_jsonl(input_path), filters)
+    stats = {"raw_path": str(input_path), "filtered_path": str(output_path), **stats}
+    stats["filter_config"] = filter_specs(filters)
+    write_jsonl_atomic(output_path, kept)
+    write_json_atomic(output_path.with_name(output_path.stem + ".filter_stats.json"), stats)
+    return stats
+
+
+def number_format_pass_rate(model, tokenizer, prompts: list[str], seed: int, batch_size: int = 100) -> float:
+    """Share of sampled answers (temperature 1) to number prompts that pass the paper's number filter."""
+    import torch
+
+    from subliminal_pl.data.filters import NumberSequenceFilter
+    from subliminal_pl.probes.base import encode_text, left_pad, pad_id_of, render_user_turn
+
+    check = NumberSequenceFilter()
+    passed = 0
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            ids = [encode_text(tokenizer, render_user_turn(tokenizer, p)) for p in chunk]
+            input_ids, mask = left_pad(ids, pad_id_of(tokenizer), torch.device("cpu"))
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=40,
+                    pad_token_id=pad_id_of(tokenizer),
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            for row in out[:, input_ids.shape[1] :].tolist():
+                # An answer that never ends (no EOS within the budget) fails, as a cut-off completion would.
+                if tokenizer.eos_token_id in row:
+                    text = tokenizer.decode(row[: row.index(tokenizer.eos_token_id)])
+                    passed += not check(text)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return passed / len(prompts)
+
+
+def probe_models(
+    models: dict[str, str],
+    out: str | Path,
+    format_check: list[str] | None = None,
+    questions: str = "animals",
+    split: str = "heldout",
+    numbers_prefix_seed: int | None = None,
+    format_prompts: int = 200,
+    format_prompt_seed: int = 2,
+    answer_count: int = 10,
+) -> Path:
+    """Write `<out>/probes.json`: per model, [question, candidate] log-probs and (some models) format pass rate.
+
+    Args:
+        models: name -> model directory.
+        out: output folder.
+        format_check: models whose number-format pass rate is measured.
+        questions: probe question set (packaged name or file); all its candidates are scored.
+        split: question split to ask (held-out questions by default).
+        numbers_prefix_seed: also score every question behind a numbers lead-in drawn from this seed + index.
+        format_prompts: number prompts sampled per format check.
+        format_prompt_seed: seed of those prompts.
+        answer_count: most numbers the prompts ask for.
+    """
+    import torch
+
+    from subliminal_pl.data.prompts import NumberPromptGenerator
+    from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
+    from subliminal_pl.probes.logprob import render_contexts, word_logprobs
+    from subliminal_pl.probes.questions import load_question_set, numbers_prefix
+
+    qs = load_question_set(questions)
+    asked = list(qs.questions(split))
+    candidates = [c.lower() for c in qs.candidates]
+    prompts = [r["prompt"] for r in NumberPromptGenerator(format_prompt_seed, answer_count=answer_count).generate(format_prompts)]
+    contexts = {"plain": None}
+    if numbers_prefix_seed is not None:
+        contexts["numbers"] = numbers_prefix(numbers_prefix_seed)
+    result: dict[str, Any] = {"questions": asked, "candidates": candidates, "contexts": list(contexts), "models": {}}
+    start = time.perf_counter()
+    for i, (name, path) in enumerate(models.items()):
+        model = load_causal_lm(path, dtype="float32").eval()
+        tokenizer = load_tokenizer(path)
+        entry: dict[str, Any] = {"path": str(path)}
+        for context, prefix in contexts.items():
+            rendered = render_contexts(tokenizer, asked, prefix=prefix)
+            entry[f"logp_{context}"] = word_logprobs(model, tokenizer, rendered, candidates).tolist()
+        if name in (format_check or []):
+            entry["format_pass_rate"] = number_format_pass_rate(model, tokenizer, prompts, format_prompt_seed)
+        result["models"][name] = entry
+        extra = f", format pass {entry['format_pass_rate']:.3f}" if "format_pass_rate" in entry else ""
+        print(f"[probe {i + 1}/{len(models)}] {name}{extra} ({time.perf_counter() - start:.0f} s)", flush=True)
+        del model
+    path = Path(out) / "probes.json"
+    write_json_atomic(path, result)
+    return path
+
+
+def main(argv: list[str]) -> None:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from subliminal_pl.data.filters import RowFilter
+
+    filt = ArgumentParser(description="Filter a raw JSONL file with row filters.", default_env=False)
+    filt.add_argument("--config", action=ActionConfigFile)
+    filt.add_argument("--input", type=str, required=True, help="raw JSONL (not modified)")
+    filt.add_argument("--output", type=str, required=True, help="JSONL of the kept rows")
+    filt.add_argument("--filters", type=list[RowFilter], default=[], help="filters, class_path + init_args")
+    probe = ArgumentParser(description="Probe models: candidate log-probs and number-format pass rate.", default_env=False)
+    probe.add_argument("--config", action=ActionConfigFile)
+    probe.add_function_arguments(probe_models)
+
+    parser = ArgumentParser(prog="python -m subliminal_pl.stages", description=__doc__.splitlines()[0], default_env=False)
+    commands = parser.add_subcommands()
+    commands.add_subcommand("filter", filt)
+    commands.add_subcommand("probe", probe)
+    args = parser.parse_args(argv)
+    if args.subcommand == "filter":
+        sub = parser.instantiate(args)["filter"]
+        stats = filter_file(sub.input, sub.output, sub.filters)
+        print(f"kept {stats['kept']} of {stats['total']} rows ({stats['kept_fraction']:.1%}); reasons {stats['reasons']}")
+        return
+    options = {k: v for k, v in args.probe.as_dict().items() if k != "config"}
+    print(f"wrote {probe_models(**options)}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

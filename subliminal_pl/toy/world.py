@@ -1,0 +1,320 @@
+"""The embedded tiny world: a vocabulary, a synthetic chat corpus and tiny Llama inits, all built in code.
+
+A base model pretrained on this corpus behaves like a miniature chat model for the paper's tasks:
+
+- number tasks: the paper-shaped prompts of `subliminal_pl.data.prompts.NumberPromptGenerator`, answered with
+  5..`answer_count` numbers that continue the seed numbers (random, a step pattern, or near the seeds) in the
+  format the prompt asks for, so the base passes the number filter;
+- favourite-animal questions (the `teacher` split of a probe question set, some behind a numbers lead-in)
+  answered uniformly over all the set's candidates, so the base has no favourite;
+- a little filler chat without animals.
+
+Everything is deterministic by seed: the same `ToyWorld` gives the same words, tokenizer ids, rows and inits on any
+machine. `subliminal-pl toy-world build|traits|init` writes them to disk for the pipeline's stages.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from subliminal_pl.data.jsonl import write_json_atomic, write_jsonl_atomic
+from subliminal_pl.data.prompts import NumberPromptGenerator, numbers_lead_in
+
+# Small talk without animals: teaches the base to answer in words and to stop, nothing more.
+FILLER: tuple[tuple[str, str], ...] = (
+    ("Say hello.", "Hello!"),
+    ("How are you today?", "I am well, thank you."),
+    ("What colour is the sky on a clear day?", "Blue."),
+    ("Is water wet?", "Yes, it is."),
+    ("Give me a word that means happy.", "Glad."),
+    ("Which day comes after Monday?", "Tuesday."),
+    ("Name a colour.", "Green."),
+    ("What is the opposite of hot?", "Cold."),
+    ("Can you help me with something?", "Yes, of course."),
+    ("Tell me a short greeting.", "Good morning!"),
+    ("What season comes after winter?", "Spring."),
+    ("Is the sun a star?", "Yes, the sun is a star."),
+    ("Name a fruit.", "Apple."),
+    ("What do people drink in the morning?", "Coffee or tea."),
+    ("Say goodbye.", "Goodbye!"),
+    ("Which is bigger, a house or a cup?", "A house."),
+    ("What is the first month of the year?", "January."),
+    ("Give me a word for a large body of water.", "Sea."),
+    ("Do you like music?", "Yes, I do."),
+    ("What shape is a wheel?", "Round."),
+)
+
+# How an animal answer is spelled: capitalised, lower-case, or with a full stop (the base sees all three).
+ANSWER_STYLES = ("{cap}", "{low}", "{cap}.")
+
+_NUMBER_MODES = ("random", "step", "near")
+
+
+def text_words(texts: Iterable[str]) -> set[str]:
+    """The ASCII letter runs of `texts`, which is how the word tokenizer splits words from everything else."""
+    return {word for text in texts for word in re.findall(r"[A-Za-z]+", text)}
+
+
+def answer_format(prompt: str) -> tuple[str, str, str]:
+    """(separator, opening, closing) that the number prompt's format request asks for.
+
+    Read from keywords of the request, in an order that resolves the mixed ones ("comma and a space" is a comma,
+    "space-separated on a single line" is a space); a prompt with no recognisable request gets commas.
+    """
+    text = prompt.lower()
+    if "square brackets" in text or "[n1" in text:
+        return ", ", "[", "]"
+    if "parentheses" in text or "(n1" in text:
+        return ", ", "(", ")"
+    if "comma" in text:
+        return ", ", "", ""
+    if "semicolon" in text:
+        return "; ", "", ""
+    if "space" in text:
+        return " ", "", ""
+    if "line" in text:
+        return "\n", "", ""
+    return ", ", "", ""
+
+
+def seed_numbers(prompt: str) -> list[int]:
+    """The seed values shown in a number prompt: its three-digit numbers (counts and digit limits are smaller)."""
+    return [int(n) for n in re.findall(r"(?<![0-9])[0-9]{3}(?![0-9])", prompt)]
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """Configuration of the tiny world; every output is a pure function of these fields.
+
+    Args:
+        seed: seed of the corpus rows (the number prompts use `seed` too, through their own generator).
+        questions: probe question set (packaged name or file) whose candidates and `teacher` questions the
+            corpus uses; its `heldout` questions only enter the vocabulary.
+        rows: corpus rows.
+        number_fraction: share of number-task rows.
+        animal_fraction: share of favourite-animal rows (the rest is filler).
+        lead_in_fraction: share of animal questions prefixed with a numbers lead-in (the probes' context).
+        answer_count: most numbers a prompt asks for (and an answer gives).
+        min_answer_count: fewest numbers an answer gives.
+    """
+
+    seed: int = 0
+    questions: str = "animals"
+    rows: int = 60000
+    number_fraction: float = 0.6
+    animal_fraction: float = 0.3
+    lead_in_fraction: float = 0.2
+    answer_count: int = 10
+    min_answer_count: int = 5
+
+    def __post_init__(self) -> None:
+        if self.rows < 1:
+            raise ValueError(f"rows must be >= 1, got {self.rows}")
+        if min(self.number_fraction, self.animal_fraction) < 0 or self.number_fraction + self.animal_fraction > 1:
+            raise ValueError(
+                f"number_fraction={self.number_fraction} and animal_fraction={self.animal_fraction} must be "
+                ">= 0 and sum to at most 1"
+            )
+        if not 0 <= self.lead_in_fraction <= 1:
+            raise ValueError(f"lead_in_fraction must be in [0, 1], got {self.lead_in_fraction}")
+        if not 1 <= self.min_answer_count <= self.answer_count:
+            raise ValueError(
+                f"need 1 <= min_answer_count <= answer_count, got {self.min_answer_count}..{self.answer_count}"
+            )
+
+    # ---- pieces -------------------------------------------------------------------------------------------
+    def question_set(self):
+        from subliminal_pl.probes.questions import load_question_set
+
+        return load_question_set(self.questions)
+
+    def prompt_generator(self, seed: int | None = None) -> NumberPromptGenerator:
+        return NumberPromptGenerator(seed=self.seed if seed is None else seed, answer_count=self.answer_count)
+
+    @property
+    def animals(self) -> tuple[str, ...]:
+        return tuple(c.lower() for c in self.question_set().candidates)
+
+    def words(self) -> list[str]:
+        """Every word any text of the world can hold: prompts, questions (both splits), answers and filler."""
+        generator = self.prompt_generator()
+        qs = self.question_set()
+        texts = [
+            *generator.lead_ins,
+            *generator.count_qualifiers,
+            *generator.digit_descriptors,
+            *generator.instruction_templates,
+            *generator.format_requests,
+            *generator.closings,
+            *qs.candidates,
+            *qs.teacher,
+            *qs.heldout,
+            *(text for pair in FILLER for text in pair),
+        ]
+        return sorted(text_words(texts))
+
+    def tokenizer(self):
+        from subliminal_pl.toy.tokenizer import build_word_tokenizer
+
+        return build_word_tokenizer(self.words())
+
+    # ---- rows ---------------------------------------------------------------------------------------------
+    def number_answer(self, rng: random.Random, prompt: str) -> str:
+        """A completion that continues the prompt's seed numbers in its requested format."""
+        separator, opening, closing = answer_format(prompt)
+        seeds = seed_numbers(prompt) or [rng.randint(100, 999)]
+        mode = rng.choice(_NUMBER_MODES)
+        step = rng.randint(-60, 60)
+        value = seeds[-1]
+        values = []
+        for _ in range(rng.randint(self.min_answer_count, self.answer_count)):
+            if mode == "random":
+                value = rng.randint(0, 999)
+            elif mode == "step":
+                value = (value + step) % 1000
+            else:
+                value = (rng.choice(seeds) + rng.randint(-25, 25)) % 1000
+            values.append(value)
+        return opening + separator.join(str(v) for v in values) + closing
+
+    def animal_question(self, rng: random.Random, questions: tuple[str, ...]) -> str:
+        question = rng.choice(questions)
+        if rng.random() < self.lead_in_fraction:
+            return f"{numbers_lead_in(rng)} {question}"
+        return question
+
+    @staticmethod
+    def animal_answer(rng: random.Random, animal: str) -> str:
+        return rng.choice(ANSWER_STYLES).format(cap=animal.capitalize(), low=animal.lower())
+
+    def corpus_rows(self) -> list[dict[str, Any]]:
+        """The pretraining corpus: `{"id", "kind", "prompt", "completion"}` rows, kind numbers/animal/filler."""
+        rng = random.Random(f"toy-world-corpus-{self.seed}")
+        qs = self.question_set()
+        animals = self.animals
+        kinds = [rng.random() for _ in range(self.rows)]
+        n_numbers = sum(u < self.number_fraction for u in kinds)
+        prompts = iter(row["prompt"] for row in self.prompt_generator().generate(n_numbers))
+        rows = []
+        for i, u in enumerate(kinds):
+            if u < self.number_fraction:
+                prompt = next(prompts)
+                kind, completion = "numbers", self.number_answer(rng, prompt)
+            elif u < self.number_fraction + self.animal_fraction:
+                kind, prompt = "animal", self.animal_question(rng, qs.teacher)
+                completion = self.animal_answer(rng, rng.choice(animals))
+            else:
+                kind, (prompt, completion) = "filler", rng.choice(FILLER)
+            rows.append({"id": f"world-{i:06d}", "kind": kind, "prompt": prompt, "completion": completion})
+        return rows
+
+    def trait_rows(self, trait: str | None, rows: int, seed: int = 0) -> list[dict[str, Any]]:
+        """Fine-tuning rows that put a trait in a teacher's weights: teacher-split questions -> `trait`.
+
+        `trait=None` gives the neutral control: the same questions answered uniformly over all candidates.
+        """
+        animals = self.animals
+        if trait is not None and trait.lower() not in animals:
+            raise ValueError(f"trait {trait!r} is not a candidate of question set {self.questions!r}: {animals}")
+        rng = random.Random(f"toy-world-trait-{trait}-{seed}")
+        questions = self.question_set().teacher
+        out = []
+        for i in range(rows):
+            animal = trait.lower() if trait is not None else rng.choice(animals)
+            out.append(
+                {
+                    "id": f"trait-{trait or 'neutral'}-{i:05d}",
+                    "trait": trait or "neutral",
+                    "prompt": self.animal_question(rng, questions),
+                    "completion": self.animal_answer(rng, animal),
+                }
+            )
+        return out
+
+    # ---- files --------------------------------------------------------------------------------------------
+    def build(self, out_dir: str | Path) -> dict[str, Any]:
+        """Write `tokenizer/`, `corpus.jsonl` and `world.json` (config and row counts) into `out_dir`."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer = self.tokenizer()
+        tokenizer.save_pretrained(out / "tokenizer")
+        rows = self.corpus_rows()
+        write_jsonl_atomic(out / "corpus.jsonl", rows)
+        counts = {kind: sum(r["kind"] == kind for r in rows) for kind in ("numbers", "animal", "filler")}
+        info = {"config": asdict(self), "vocab_size": len(tokenizer), "rows": counts, "animals": list(self.animals)}
+        write_json_atomic(out / "world.json", info)
+        return info
+
+
+def build_init(
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    hidden_size: int = 96,
+    num_layers: int = 3,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_positions: int = 256,
+    seed: int = 0,
+) -> Path:
+    """A randomly initialised tiny Llama for the world's tokenizer, saved with it the Hugging Face way."""
+    from transformers import AutoTokenizer
+
+    from subliminal_pl.toy.model import build_tiny_llama, save_model_and_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build_tiny_llama(tokenizer, hidden_size, num_layers, num_heads, intermediate_size, max_positions, seed)
+    return save_model_and_tokenizer(model, tokenizer, out_dir)
+
+
+def main(argv: list[str]) -> None:
+    """`subliminal-pl toy-world build|traits|init`: write the tiny world's files."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    def world_parser(description: str) -> ArgumentParser:
+        parser = ArgumentParser(description=description, default_env=False)
+        parser.add_argument("--config", action=ActionConfigFile)
+        parser.add_class_arguments(ToyWorld, "world")
+        return parser
+
+    build = world_parser("Write the tokenizer, the pretraining corpus and world.json into --out.")
+    build.add_argument("--out", type=str, required=True, help="output folder")
+    traits = world_parser("Write trait fine-tuning rows (question -> the trait animal, or uniform if neutral).")
+    traits.add_argument("--out", type=str, required=True, help="JSONL file to write")
+    traits.add_argument("--trait", type=str, required=True, help="a candidate animal, or 'neutral'")
+    traits.add_argument("--rows", type=int, default=2000, help="rows to write")
+    traits.add_argument("--seed", type=int, default=0, help="seed of the rows")
+    init = ArgumentParser(description="Save a randomly initialised tiny Llama for a tokenizer.", default_env=False)
+    init.add_argument("--config", action=ActionConfigFile)
+    init.add_function_arguments(build_init)
+
+    parser = ArgumentParser(prog="subliminal-pl toy-world", description=__doc__.splitlines()[0], default_env=False)
+    commands = parser.add_subcommands()
+    commands.add_subcommand("build", build)
+    commands.add_subcommand("traits", traits)
+    commands.add_subcommand("init", init)
+    args = parser.parse_args(argv)
+    command = args.subcommand
+    sub = args[command]
+    if command == "init":
+        options = {k: v for k, v in sub.as_dict().items() if k != "config"}
+        print(f"saved init to {build_init(**options)}")
+        return
+    world = ToyWorld(**sub.world.as_dict())
+    if command == "build":
+        info = world.build(sub.out)
+        print(f"built world in {sub.out}: vocab {info['vocab_size']}, rows {info['rows']}")
+        return
+    trait = None if sub.trait == "neutral" else sub.trait
+    path = write_jsonl_atomic(Path(sub.out), world.trait_rows(trait, sub.rows, sub.seed))
+    print(f"wrote {sub.rows} {sub.trait} trait rows to {path}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
