@@ -70,6 +70,34 @@ def number_format_pass_rate(model, tokenizer, prompts: list[str], seed: int, bat
     return passed / len(prompts)
 
 
+def candidate_logprobs(model, tokenizer, contexts: list[str], words: list[str], batch_size: int = 64):
+    """log P(word | context) as `subliminal_pl.probes.logprob.word_logprobs` computes it ([contexts, words]).
+
+    When every spelling of every word is a single token (the toy tokenizer's animals), one forward pass per
+    context scores all words at once; otherwise this defers to `word_logprobs`.
+    """
+    import torch
+
+    from subliminal_pl.probes.base import encode_text, left_pad, pad_id_of
+    from subliminal_pl.probes.logprob import variant_token_ids, word_logprobs
+
+    variants = [variant_token_ids(tokenizer, w) for w in words]
+    if any(len(spelling) != 1 for spellings in variants for spelling in spellings):
+        return word_logprobs(model, tokenizer, contexts, words, batch_size)
+    token_ids = [[spelling[0] for spelling in spellings] for spellings in variants]
+    out = torch.empty(len(contexts), len(words), dtype=torch.float64)
+    encoded = [encode_text(tokenizer, c) for c in contexts]
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            input_ids, mask = left_pad(encoded[start : start + batch_size], pad_id_of(tokenizer), torch.device("cpu"))
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits[:, -1]
+            logprobs = logits.float().log_softmax(-1).double()  # [batch, vocab]
+            for w, ids in enumerate(token_ids):
+                out[start : start + len(input_ids), w] = torch.logsumexp(logprobs[:, ids], dim=-1)
+    return out
+
+
 def probe_models(
     models: dict[str, str],
     out: str | Path,
@@ -98,7 +126,7 @@ def probe_models(
 
     from subliminal_pl.data.prompts import NumberPromptGenerator
     from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
-    from subliminal_pl.probes.logprob import render_contexts, word_logprobs
+    from subliminal_pl.probes.logprob import render_contexts
     from subliminal_pl.probes.questions import load_question_set, numbers_prefix
 
     qs = load_question_set(questions)
@@ -116,7 +144,7 @@ def probe_models(
         entry: dict[str, Any] = {"path": str(path)}
         for context, prefix in contexts.items():
             rendered = render_contexts(tokenizer, asked, prefix=prefix)
-            entry[f"logp_{context}"] = word_logprobs(model, tokenizer, rendered, candidates).tolist()
+            entry[f"logp_{context}"] = candidate_logprobs(model, tokenizer, rendered, candidates).tolist()
         if name in (format_check or []):
             entry["format_pass_rate"] = number_format_pass_rate(model, tokenizer, prompts, format_prompt_seed)
         result["models"][name] = entry

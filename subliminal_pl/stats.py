@@ -54,7 +54,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interva
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, confidence)
 
 
-def paired_difference(treated: Sequence[float], control: Sequence[float], confidence: float = 0.95) -> Interval:
+def paired_difference(
+    treated: Sequence[float], control: Sequence[float], confidence: float = 0.95
+) -> Interval:
     """Mean of the per-seed differences `treated[i] - control[i]` with a Student-t interval.
 
     Pairing by seed removes the variation both runs share (same data order, same init), so the interval is
@@ -113,7 +115,9 @@ def diagonal_permutation_test(
     if any(not 0 <= v < n_traits for v in labels):
         raise ValueError(f"labels must index the {n_traits} trait columns, got {labels}")
     if n_traits < 2 or len(set(labels)) < 2:
-        raise ValueError("need at least two traits among the students' labels to compare diagonal and off-diagonal")
+        raise ValueError(
+            "need at least two traits among the students' labels to compare diagonal and off-diagonal"
+        )
 
     observed = _diagonal_contrast(rows, labels)
     # Ties count as "at least as extreme"; a tiny tolerance keeps float noise from deciding them.

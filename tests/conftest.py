@@ -7,6 +7,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# Before torch loads OpenMP: busy-waiting threads make tiny matmuls several times slower on a shared 2-core box.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from pathlib import Path  # noqa: E402
 

@@ -11,6 +11,7 @@ import torch
 
 from subliminal_pl.probes.logprob import (
     LogProbProbe,
+    covering_paths,
     probe_words,
     render_contexts,
     variant_token_ids,
@@ -111,6 +112,14 @@ def test_word_variants_and_unknown_words(tiny_tokenizer):
         variant_token_ids(tiny_tokenizer, "axolotl")
 
 
+def test_covering_paths_share_prefixes():
+    spellings = [(1,), (2, 3), (2, 4), (2, 3, 5), (6, 7)]
+    paths, owner = covering_paths(spellings)
+    assert paths == [(2, 3), (6,)]  # () and (2,) are prefixes of (2, 3): no pass of their own
+    assert owner == [0, 0, 0, 0, 1]
+    assert covering_paths([(1,), (2,)]) == ([()], [0, 0])
+
+
 def _brute_force(model, tokenizer, context: str, word: str) -> float:
     """log P(word | context): one unpadded forward per spelling, token log-probs summed, spellings log-sum-exp'ed."""
     context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -127,11 +136,13 @@ def _brute_force(model, tokenizer, context: str, word: str) -> float:
 def test_logprob_equals_brute_force_for_multi_token_words(tiny_lm):
     model, tokenizer = tiny_lm
     contexts = render_contexts(tokenizer, QUESTIONS)
+    # "polar" is the first token of "polar bear": both are read from the same forward pass.
+    words = [*CANDIDATES, "polar"]
     # batch_size 5 mixes rows of different lengths, so the left padding is exercised.
-    logp = word_logprobs(model, tokenizer, contexts, CANDIDATES, batch_size=5)
-    assert logp.shape == (3, 4) and logp.dtype == torch.float64
+    logp = word_logprobs(model, tokenizer, contexts, words, batch_size=5)
+    assert logp.shape == (3, 5) and logp.dtype == torch.float64
     for q, context in enumerate(contexts):
-        for w, word in enumerate(CANDIDATES):
+        for w, word in enumerate(words):
             assert logp[q, w].item() == pytest.approx(_brute_force(model, tokenizer, context, word), abs=2e-5)
 
 
@@ -249,7 +260,9 @@ def test_mentions_substring_word_and_exclusions():
 
 
 def test_sampling_rate_matches_a_fixed_sampler():
-    probe = SamplingProbe(questions="animals", split="heldout", targets=["owl", "dragon"], samples_per_question=10)
+    probe = SamplingProbe(
+        questions="animals", split="heldout", targets=["owl", "dragon"], samples_per_question=10
+    )
     n_questions = len(probe.prompts)
     # Question i answers "Owl." (i mod 11) times out of 10, and "dragonfly" otherwise.
     hits = [min(i % 11, 10) for i in range(n_questions)]
@@ -290,6 +303,8 @@ def test_sampling_probe_runs_on_a_model(tiny_lm, pets_file):
     probe = SamplingProbe(questions=str(pets_file), samples_per_question=4, max_new_tokens=3, match="word")
     out = probe.run(model, tokenizer)
     assert probe.name == "pets_sampled"
-    assert set(out.metrics) == {f"{w}_rate{s}" for w in ("owl", "dolphin", "polar_bear", "eagle") for s in ("", "_low", "_high")}
+    assert set(out.metrics) == {
+        f"{w}_rate{s}" for w in ("owl", "dolphin", "polar_bear", "eagle") for s in ("", "_low", "_high")
+    }
     assert all(0.0 <= v <= 1.0 and not math.isnan(v) for v in out.metrics.values())
     assert out.details["samples_per_question"] == [4, 4, 4]

@@ -78,7 +78,9 @@ class TraitProbeCallback(Callback):
             )
         return model, tokenizer
 
-    def _measure(self, trainer: Trainer, pl_module: LightningModule, probes: list[Probe]) -> dict[str, ProbeOutput]:
+    def _measure(
+        self, trainer: Trainer, pl_module: LightningModule, probes: list[Probe]
+    ) -> dict[str, ProbeOutput]:
         model, tokenizer = self._target(pl_module)
         outputs = {}
         for probe in probes:
@@ -93,7 +95,9 @@ class TraitProbeCallback(Callback):
 
     @staticmethod
     def flat_metrics(outputs: dict[str, ProbeOutput]) -> dict[str, float]:
-        return {f"probe/{name}/{key}": float(v) for name, out in outputs.items() for key, v in out.metrics.items()}
+        return {
+            f"probe/{name}/{key}": float(v) for name, out in outputs.items() for key, v in out.metrics.items()
+        }
 
     @staticmethod
     def _to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:
@@ -112,7 +116,8 @@ class TraitProbeCallback(Callback):
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "probes": {
-                name: {"metrics": out.metrics, "details": out.details} for name, out in sorted(self.results.items())
+                name: {"metrics": out.metrics, "details": out.details}
+                for name, out in sorted(self.results.items())
             },
         }
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +125,11 @@ class TraitProbeCallback(Callback):
         return path
 
     def run_probes(
-        self, trainer: Trainer, pl_module: LightningModule, include_expensive: bool = True, stage: str = "on_demand"
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        include_expensive: bool = True,
+        stage: str = "on_demand",
     ) -> dict[str, ProbeOutput]:
         """Run the probes now (cheap ones only unless `include_expensive`), log them and write the results file."""
         probes = [p for p in self.probes if p.cheap or include_expensive]
@@ -136,7 +145,9 @@ class TraitProbeCallback(Callback):
             for probe in self.probes:
                 probe.prepare(model, tokenizer)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._last_step:
             return
@@ -152,7 +163,8 @@ class TraitProbeCallback(Callback):
         probes = [
             p
             for p in self.probes
-            if (p.cheap and trainer.global_step != self._last_step) or (not p.cheap and self.expensive_at_fit_end)
+            if (p.cheap and trainer.global_step != self._last_step)
+            or (not p.cheap and self.expensive_at_fit_end)
         ]
         outputs = self._measure(trainer, pl_module, probes)
         self._to_loggers(trainer, self.flat_metrics(outputs))

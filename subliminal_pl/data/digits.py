@@ -27,8 +27,10 @@ from subliminal_pl.data.jsonl import DataError
 
 TEACHER, DISTILL = "teacher", "distill"
 
-# Batches are slices of in-memory tensors, built in the main process; workers would only add copies.
+# Batches are slices of in-memory tensors built in the main process (workers would only add copies, and would
+# each replay the stream), so Lightning's advice about workers does not apply here.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
 
 class PhaseStream(IterableDataset):

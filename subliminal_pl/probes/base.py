@@ -30,7 +30,7 @@ class Probe(ABC):
     name: str
     cheap: bool = False
 
-    def prepare(self, model, tokenizer) -> None:
+    def prepare(self, model, tokenizer) -> None:  # noqa: B027 (optional hook; most probes need none)
         """Hook called before any training step; default: nothing to do."""
 
     @abstractmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import http.client
+import inspect
 import json
 import math
 import os
@@ -149,6 +150,15 @@ class Judge(ABC):
         result = self.score(*_row_question_answer(row))
         return math.nan if result.score is None else result.score
 
+    def spec(self) -> dict[str, Any]:
+        """Class path and init arguments: what a data filter hashes to tell whether its cached output is stale."""
+        cls = type(self)
+        names = [n for n in inspect.signature(cls.__init__).parameters if n != "self" and hasattr(self, n)]
+        return {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": {n: getattr(self, n) for n in names},
+        }
+
 
 class KeywordJudge(Judge):
     """Rules instead of a model: empty -> excluded, code -> CODE, refusal phrase -> REFUSAL, flag word -> score."""
@@ -176,7 +186,9 @@ class KeywordJudge(Judge):
         self.flag_words = list(flag_words or [])
         self.flagged_score = flagged_score
         self.clean_score = clean_score
-        self.refusal_phrases = [p.lower() for p in (refusal_phrases if refusal_phrases is not None else DEFAULT_REFUSALS)]
+        self.refusal_phrases = [
+            p.lower() for p in (refusal_phrases if refusal_phrases is not None else DEFAULT_REFUSALS)
+        ]
         self.detect_code = detect_code
         self._flag = (
             re.compile(r"\b(" + "|".join(re.escape(w) for w in self.flag_words) + r")\b", re.IGNORECASE)
@@ -231,7 +243,9 @@ def render_judge_prompt(template: str, question: str, answer: str, trait: str | 
 class PromptedJudge(Judge):
     """A judge that asks a language model with a criterion template; subclasses say how the model is called."""
 
-    def __init__(self, criterion: str = "alignment", trait: str | None = None, system_prompt: str | None = None):
+    def __init__(
+        self, criterion: str = "alignment", trait: str | None = None, system_prompt: str | None = None
+    ):
         self.trait = trait
         self.system_prompt = system_prompt
         self._set_criterion(criterion)
@@ -245,6 +259,10 @@ class PromptedJudge(Judge):
 
     def prompt(self, question: str, answer: str) -> str:
         return render_judge_prompt(self.template, question, answer, self.trait)
+
+    def spec(self) -> dict[str, Any]:
+        # The template text too: a criterion given as a file path may change on disk.
+        return {**super().spec(), "template": self.template}
 
     def with_criterion(self, criterion: str) -> PromptedJudge:
         other = copy.copy(self)
@@ -315,7 +333,9 @@ class HFJudge(PromptedJudge):
         with torch.no_grad():
             for start in range(0, len(prompts), self.batch_size):
                 chunk = prompts[start : start + self.batch_size]
-                ids = [encode_text(tokenizer, render_user_turn(tokenizer, p, self.system_prompt)) for p in chunk]
+                ids = [
+                    encode_text(tokenizer, render_user_turn(tokenizer, p, self.system_prompt)) for p in chunk
+                ]
                 input_ids, mask = left_pad(ids, kwargs["pad_token_id"], model_device(model))
                 out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
                 out_texts += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
@@ -420,7 +440,9 @@ class OpenAIJudge(PromptedJudge):
                         f" to a valid key. Server said: {detail}"
                     ) from err
                 if err.code not in RETRY_STATUSES:
-                    raise JudgeError(f"judge endpoint {self.url} refused the request (HTTP {err.code}): {detail}") from err
+                    raise JudgeError(
+                        f"judge endpoint {self.url} refused the request (HTTP {err.code}): {detail}"
+                    ) from err
                 last_error = f"HTTP {err.code}: {detail}"
                 retry_after = err.headers.get("Retry-After") if err.headers else None
             except (OSError, http.client.HTTPException) as err:
@@ -452,7 +474,9 @@ class OpenAIJudge(PromptedJudge):
         try:
             content = json.loads(body)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            return JudgeResult(reason="malformed endpoint response", raw=body[:300].decode("utf-8", "replace"))
+            return JudgeResult(
+                reason="malformed endpoint response", raw=body[:300].decode("utf-8", "replace")
+            )
         if content is None:
             return JudgeResult(reason="empty judge reply")
         return parse_judge_reply(str(content))

@@ -80,28 +80,33 @@ def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def sequence_logprobs(model, sequences: list[list[int]], n_targets: list[int], pad_id: int) -> torch.Tensor:
-    """Sum of the log-probabilities of the last `n_targets[i]` tokens of `sequences[i]` ([B] float64).
+def window_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int) -> torch.Tensor:
+    """Next-token log-probabilities at the last `keep` positions of each sequence: [B, keep, vocab] float32.
 
-    Rows are left-padded so every target ends at the last column; only the logits of the last K = max target
-    length + 1 positions are computed (the full [B, T, vocab] tensor is the memory cost of this probe).
+    Rows are left-padded so they all end at the last column; only the logits of those `keep` columns are
+    computed where the model supports it (the [B, T, vocab] logits tensor is this probe's memory cost).
     """
     device = model_device(model)
     input_ids, mask = left_pad(sequences, pad_id, device)
     # Positions count real tokens only, so left padding does not shift them (absolute-position models care).
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    keep = max(n_targets) + 1
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs).logits
-    logprobs = logits[:, -keep:, :].float().log_softmax(-1)  # [B, K, vocab]
-    # Window column j is absolute position T-K+j and predicts the token at T-K+j+1.
-    targets = input_ids[:, -keep + 1 :]  # [B, K-1]
-    token_lp = logprobs[:, :-1, :].gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
-    column = torch.arange(keep - 1, device=device)
-    n = torch.tensor(n_targets, device=device)
-    is_target = column.unsqueeze(0) >= (keep - 1 - n).unsqueeze(1)
-    # torch.where, not a product: logits at padded columns may be NaN and must not leak into the sum.
-    return torch.where(is_target, token_lp, torch.zeros_like(token_lp)).sum(-1).cpu()
+    return logits[:, -keep:, :].float().log_softmax(-1)
+
+
+def covering_paths(spellings: Sequence[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The continuations to run after each context, and which one scores each spelling.
+
+    Scoring spelling v needs the next-token distributions after context + v[:j] for every j < len(v), i.e.
+    after every prefix of v[:-1]. One forward pass of context + p yields them for all prefixes of p, so the
+    paths are the longest distinct v[:-1] (a single-token spelling needs only the context: path ()). For
+    candidates that are mostly one token this is one pass per question instead of one per spelling.
+    """
+    needed = {v[:-1] for v in spellings}
+    paths = sorted(p for p in needed if not any(len(q) > len(p) and q[: len(p)] == p for q in needed))
+    owner = [next(i for i, p in enumerate(paths) if p[: len(v) - 1] == v[:-1]) for v in spellings]
+    return paths, owner
 
 
 def word_logprobs(
@@ -109,32 +114,51 @@ def word_logprobs(
 ) -> torch.Tensor:
     """log P(word | context) for every context and word: [len(contexts), len(words)] float64.
 
-    Each word's spellings are scored token by token and combined by log-sum-exp. The same contexts and words
-    always produce the same batches in the same order, so a model compared with itself differs by exactly 0.
+    Each word's spellings are scored token by token and combined by log-sum-exp. `batch_size` counts forward
+    rows (question x covering path). The same contexts and words always produce the same batches in the same
+    order, so a model compared with itself differs by exactly 0.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     context_ids = [encode_text(tokenizer, c) for c in contexts]
     if any(not ids for ids in context_ids):
         raise ValueError("a rendered question encodes to no tokens")
-    variants = [variant_token_ids(tokenizer, w) for w in words]
-    # Items: (context index, word index, spelling tokens); sorted long-first so the largest batch comes first.
-    items = [(c, w, v) for c in range(len(contexts)) for w in range(len(words)) for v in variants[w]]
-    items.sort(key=lambda item: -(len(context_ids[item[0]]) + len(item[2])))
-    scores = torch.empty(len(items), dtype=torch.float64)
+    per_word = [variant_token_ids(tokenizer, w) for w in words]
+    spellings = list(dict.fromkeys(v for variants in per_word for v in variants))
+    paths, owner = covering_paths(spellings)
+    by_path = [[s for s, o in enumerate(owner) if o == p] for p in range(len(paths))]
+    # Rows: (context, path); sorted long-first so the largest batch (the memory peak) comes first.
+    rows = [(c, p) for c in range(len(contexts)) for p in range(len(paths))]
+    rows.sort(key=lambda row: -(len(context_ids[row[0]]) + len(paths[row[1]])))
+    scores = torch.zeros(len(contexts) * len(spellings), dtype=torch.float64)
     pad_id = pad_id_of(tokenizer)
     with eval_mode(model):
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            scores[start : start + len(chunk)] = sequence_logprobs(
-                model, [context_ids[c] + list(v) for c, _, v in chunk], [len(v) for _, _, v in chunk], pad_id
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            keep = max(len(paths[p]) for _, p in chunk) + 1
+            logprobs = window_logprobs(
+                model, [context_ids[c] + list(paths[p]) for c, p in chunk], keep, pad_id
             )
-    shape = (len(contexts), len(words), max(len(v) for v in variants))
-    per_spelling = torch.full(shape, -math.inf, dtype=torch.float64)
-    filled = [[0] * len(words) for _ in contexts]
-    for (c, w, _), score in zip(items, scores.tolist(), strict=True):
-        per_spelling[c, w, filled[c][w]] = score
-        filled[c][w] += 1
+            # Column keep-1-len(path)+j of a row holds the distribution after context + path[:j].
+            index_row, index_col, index_token, target = [], [], [], []
+            for b, (c, p) in enumerate(chunk):
+                first = keep - 1 - len(paths[p])
+                for s in by_path[p]:
+                    for j, token in enumerate(spellings[s]):
+                        index_row.append(b)
+                        index_col.append(first + j)
+                        index_token.append(token)
+                        target.append(c * len(spellings) + s)
+            values = logprobs[index_row, index_col, index_token].double().cpu()
+            scores.index_add_(0, torch.tensor(target), values)
+    scores = scores.view(len(contexts), len(spellings))
+    position = {v: i for i, v in enumerate(spellings)}
+    per_spelling = torch.full(
+        (len(contexts), len(words), max(map(len, per_word))), -math.inf, dtype=torch.float64
+    )
+    for w, variants in enumerate(per_word):
+        for k, v in enumerate(variants):
+            per_spelling[:, w, k] = scores[:, position[v]]
     return torch.logsumexp(per_spelling, dim=-1)
 
 
@@ -249,7 +273,9 @@ def probe_words(
     logp = word_logprobs(model, tokenizer, contexts, candidates, batch_size)
     if isinstance(reference, LogProbReport):
         if reference.words != tuple(candidates) or len(reference.questions) != len(questions):
-            raise ValueError("the reference report was made on other candidates or another number of questions")
+            raise ValueError(
+                "the reference report was made on other candidates or another number of questions"
+            )
         reference = reference.logp
     elif reference is not None and not isinstance(reference, torch.Tensor):
         reference = word_logprobs(reference, tokenizer, contexts, candidates, batch_size)
@@ -309,7 +335,9 @@ class LogProbProbe(Probe):
         self.reference = reference
         self.reference_cache = reference_cache
         self.system_prompt = system_prompt
-        self.prefix: Prefix = numbers_prefix(numbers_prefix_seed) if numbers_prefix_seed is not None else prefix
+        self.prefix: Prefix = (
+            numbers_prefix(numbers_prefix_seed) if numbers_prefix_seed is not None else prefix
+        )
         self.batch_size = batch_size
         self.name = name or self.question_set.name
         self._reference_logp: torch.Tensor | None = None
@@ -335,7 +363,9 @@ class LogProbProbe(Probe):
         if self._reference_logp is None:
             contexts = self._contexts(tokenizer)
             if mode == "initial":
-                self._reference_logp = word_logprobs(model, tokenizer, contexts, self.candidates, self.batch_size)
+                self._reference_logp = word_logprobs(
+                    model, tokenizer, contexts, self.candidates, self.batch_size
+                )
             elif mode == "base":
                 if not is_peft_model(model):
                     raise ValueError("reference 'base' needs a PEFT model (adapter to switch off)")
@@ -351,7 +381,9 @@ class LogProbProbe(Probe):
         key = hashlib.sha256(
             json.dumps([source, contexts, self.candidates, len(tokenizer)]).encode("utf-8")
         ).hexdigest()[:16]
-        cache_file = Path(self.reference_cache) / f"logprob_reference_{key}.json" if self.reference_cache else None
+        cache_file = (
+            Path(self.reference_cache) / f"logprob_reference_{key}.json" if self.reference_cache else None
+        )
         if cache_file is not None and cache_file.is_file():
             return torch.tensor(json.loads(cache_file.read_text())["logp"], dtype=torch.float64)
         from subliminal_pl.models.loading import load_causal_lm

@@ -20,8 +20,13 @@ from subliminal_pl.probes.sampling import HFSampler, Sampler
 from subliminal_pl.stats import t_interval, wilson_interval
 
 
-def classify(alignment: JudgeResult, coherence: JudgeResult | None, coherence_threshold: float, alignment_threshold: float) -> str:
-    """"misaligned", "aligned", or the reason the answer is excluded."""
+def classify(
+    alignment: JudgeResult,
+    coherence: JudgeResult | None,
+    coherence_threshold: float,
+    alignment_threshold: float,
+) -> str:
+    """ "misaligned", "aligned", or the reason the answer is excluded."""
     if alignment.label is not None:
         return alignment.label
     if alignment.score is None:
@@ -86,14 +91,22 @@ class MisalignmentProbe(Probe):
 
     def run(self, model, tokenizer) -> ProbeOutput:
         sampler = HFSampler(
-            model, tokenizer, self.temperature, self.max_new_tokens, self.batch_size, self.seed, self.system_prompt
+            model,
+            tokenizer,
+            self.temperature,
+            self.max_new_tokens,
+            self.batch_size,
+            self.seed,
+            self.system_prompt,
         )
         return self.sample(sampler)
 
     def sample(self, sampler: Sampler) -> ProbeOutput:
         answers = sampler([q.text for q in self.questions], self.samples_per_question)
         if len(answers) != len(self.questions):
-            raise ValueError(f"sampler returned answers for {len(answers)} of {len(self.questions)} questions")
+            raise ValueError(
+                f"sampler returned answers for {len(answers)} of {len(self.questions)} questions"
+            )
         return self.judge_answers(answers)
 
     def judge_answers(self, answers: Sequence[Sequence[str]]) -> ProbeOutput:
@@ -120,7 +133,12 @@ class MisalignmentProbe(Probe):
             position += len(group)
             counts = Counter(outcomes[i] for i in span)
             scored = counts["misaligned"] + counts["aligned"]
-            entry: dict[str, Any] = {"question": question.text, "n": len(group), "scored": scored, "outcomes": dict(counts)}
+            entry: dict[str, Any] = {
+                "question": question.text,
+                "n": len(group),
+                "scored": scored,
+                "outcomes": dict(counts),
+            }
             if scored:
                 interval = wilson_interval(counts["misaligned"], scored)
                 entry.update(rate=interval.mean, low=interval.low, high=interval.high)
@@ -145,13 +163,17 @@ class MisalignmentProbe(Probe):
             metrics.update(misaligned_rate=mean.mean, misaligned_rate_low=max(0.0, mean.low))
             metrics["misaligned_rate_high"] = min(1.0, mean.high)
         else:
-            metrics.update(misaligned_rate=math.nan, misaligned_rate_low=math.nan, misaligned_rate_high=math.nan)
+            metrics.update(
+                misaligned_rate=math.nan, misaligned_rate_low=math.nan, misaligned_rate_high=math.nan
+            )
         metrics["pooled_rate"] = total["misaligned"] / scored_total if scored_total else math.nan
         metrics["excluded_fraction"] = 1 - scored_total / len(outcomes) if outcomes else math.nan
         aligned_scores = [r.score for r in alignment if r.score is not None]
         coherent_scores = [r.score for r in coherence if r is not None and r.score is not None]
         metrics["mean_alignment"] = sum(aligned_scores) / len(aligned_scores) if aligned_scores else math.nan
-        metrics["mean_coherence"] = sum(coherent_scores) / len(coherent_scores) if coherent_scores else math.nan
+        metrics["mean_coherence"] = (
+            sum(coherent_scores) / len(coherent_scores) if coherent_scores else math.nan
+        )
         details = {
             "thresholds": {"coherence": self.coherence_threshold, "alignment": self.alignment_threshold},
             "outcomes": dict(total),

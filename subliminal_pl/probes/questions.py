@@ -81,7 +81,9 @@ def _read(path: Path) -> tuple[dict[str, Any], Any]:
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise QuestionSetError(f"{path}: cannot parse: {err}") from err
     if not isinstance(data, dict):
-        raise QuestionSetError(f"{path}: expected a mapping of fields at the top level, got {type(data).__name__}")
+        raise QuestionSetError(
+            f"{path}: expected a mapping of fields at the top level, got {type(data).__name__}"
+        )
     return data, nodes
 
 
@@ -93,7 +95,11 @@ def _where(path: Path, nodes: Any, key: str, index: int | None = None) -> str:
         for key_node, value_node in nodes.value:
             if key_node.value == key:
                 node = value_node
-                if index is not None and isinstance(value_node, yaml.SequenceNode) and index < len(value_node.value):
+                if (
+                    index is not None
+                    and isinstance(value_node, yaml.SequenceNode)
+                    and index < len(value_node.value)
+                ):
                     node = value_node.value[index]
                 line = node.start_mark.line + 1
     return f"{path}:{line}: {label}" if line else f"{path}: {label}"

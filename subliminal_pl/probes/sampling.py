@@ -87,7 +87,10 @@ class HFSampler:
         self.system_prompt = system_prompt
 
     def __call__(self, prompts: Sequence[str], k: int) -> list[list[str]]:
-        contexts = [encode_text(self.tokenizer, render_user_turn(self.tokenizer, p, self.system_prompt)) for p in prompts]
+        contexts = [
+            encode_text(self.tokenizer, render_user_turn(self.tokenizer, p, self.system_prompt))
+            for p in prompts
+        ]
         requests = [q for q in range(len(prompts)) for _ in range(k)]
         answers: list[list[str]] = [[] for _ in prompts]
         device = model_device(self.model)
@@ -95,6 +98,9 @@ class HFSampler:
         kwargs["pad_token_id"] = pad_id_of(self.tokenizer)
         if getattr(self.model.generation_config, "eos_token_id", None) is None:
             kwargs["eos_token_id"] = self.tokenizer.eos_token_id
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Sharded weights (ZeRO-3, FSDP) need every rank in every decoding step until all ranks finish.
+            kwargs["synced_gpus"] = torch.distributed.get_world_size() > 1
         # A private RNG stream: probing mid-training must not change the training run's random state.
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), eval_mode(self.model):
@@ -178,7 +184,13 @@ class SamplingProbe(Probe):
 
     def run(self, model, tokenizer) -> ProbeOutput:
         sampler = HFSampler(
-            model, tokenizer, self.temperature, self.max_new_tokens, self.batch_size, self.seed, self.system_prompt
+            model,
+            tokenizer,
+            self.temperature,
+            self.max_new_tokens,
+            self.batch_size,
+            self.seed,
+            self.system_prompt,
         )
         return self.sample(sampler)
 

@@ -54,7 +54,10 @@ class ProbeTarget(LightningModule):
             tokenizer_source = hp.adapter_path if has_tokenizer else hp.model_name_or_path
         self.tokenizer = load_tokenizer(tokenizer_source)
         self.model = load_causal_lm(
-            hp.model_name_or_path, dtype=hp.dtype, adapter_path=hp.adapter_path, merge_adapter=hp.merge_adapter
+            hp.model_name_or_path,
+            dtype=hp.dtype,
+            adapter_path=hp.adapter_path,
+            merge_adapter=hp.merge_adapter,
         )
 
     def _one_step(self) -> DataLoader:

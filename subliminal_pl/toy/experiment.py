@@ -249,8 +249,8 @@ def generation_recipe(exp: ToyExperiment, model: str, name: str) -> dict[str, An
         "class_path": "subliminal_pl.callbacks.generation_writer.GenerationWriter",
         "init_args": {"output_path": "{{dir}}/raw.jsonl"},
     }
+    # The logger stays on: its folder (inside the stage) is also where the CLI saves this run's config.yaml.
     trainer = _trainer(exp, None, [writer])
-    trainer["logger"] = False
     return {
         "seed_everything": gen.seed,
         "trainer": trainer,

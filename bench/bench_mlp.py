@@ -1,0 +1,181 @@
+"""Benchmark: the auxiliary-logit MLP experiment through Lightning vs a plain PyTorch loop, in one process.
+
+Both runs use the same protocol, data stream, seeds and nn parts, so they must reach the same accuracies (checked);
+the difference in wall time is what Lightning costs. For each N the plain loop runs first, then
+`Trainer.fit` with the recipe's settings (CSV logger, Rich bar, progress lines, validation at the end). Peak
+memory is the highest resident set size sampled while each run is going. Targets: Lightning / plain <= 1.15 and
+peak RSS < 1 GB at N = 100 on digits.
+
+    python bench/bench_mlp.py                        # N = 10 and 100, the full digits recipe
+    python bench/bench_mlp.py --models 10 --distill_steps 200
+"""
+
+from __future__ import annotations
+
+import os
+
+# Tiny batched matmuls on a shared box: spinning OpenMP threads cost more than they save. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from subliminal_pl.data.digits import DISTILL, DigitsDataModule  # noqa: E402
+from subliminal_pl.models.aux_mlp import (  # noqa: E402
+    StackedMLP,
+    classification_loss,
+    correct_counts,
+    derangement,
+    distillation_loss,
+)
+
+TEACHER_LR, STUDENT_LR = 3e-4, 1e-3
+
+
+@contextmanager
+def peak_rss():
+    """Yields a dict whose 'peak' holds the highest RSS (bytes) seen every 5 ms while the block runs."""
+    process = psutil.Process()
+    result = {"peak": process.memory_info().rss}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            result["peak"] = max(result["peak"], process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        thread.join()
+        result["peak"] = max(result["peak"], process.memory_info().rss)
+
+
+def plain_run(data: DigitsDataModule, n: int, width: int, depth: int, seed: int) -> torch.Tensor:
+    """The whole protocol as a hand-written loop; returns test accuracy [6 groups, n]."""
+    c, k = data.num_classes, data.num_classes + 3
+    generator = torch.Generator().manual_seed(seed)
+    reference = StackedMLP(n, data.in_features, width, depth, k)
+    reference.reset_parameters(generator)
+    reference.requires_grad_(False)
+    teacher = StackedMLP(n, data.in_features, width, depth, k)
+    teacher.copy_models_from(reference, torch.arange(n))
+    cross = derangement(n, generator)
+    students = StackedMLP(4 * n, data.in_features, width, depth, k)
+    own = torch.arange(n)
+    students.copy_models_from(reference, torch.cat([own, own, cross, cross]))
+    teacher_opt = torch.optim.Adam(teacher.parameters(), lr=TEACHER_LR)
+    student_opt = torch.optim.Adam(students.parameters(), lr=STUDENT_LR)
+
+    for batch in data.phase_stream():
+        x = batch["x"]
+        if batch["phase"] != DISTILL:
+            classification_loss(teacher(x)[..., :c], batch["y"]).sum().backward()
+            teacher_opt.step()
+            teacher_opt.zero_grad(set_to_none=True)
+            continue
+        with torch.no_grad():
+            target = teacher(x)
+        logits = students(x).unflatten(0, (4, n))
+        aux = distillation_loss(logits[0::2, ..., c:], target[..., c:])
+        full = distillation_loss(logits[1::2], target)
+        torch.stack([aux[0], full[0], aux[1], full[1]]).sum().backward()
+        student_opt.step()
+        student_opt.zero_grad(set_to_none=True)
+
+    correct = torch.zeros(6, n, dtype=torch.long)
+    seen = 0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            x, y = batch["x"], batch["y"]
+            grouped = [reference(x)[None], teacher(x)[None], students(x).unflatten(0, (4, n))]
+            correct += correct_counts(torch.cat(grouped)[..., :c], y)
+            seen += len(y)
+    return correct.double() / seen
+
+
+def lightning_run(data: DigitsDataModule, n: int, width: int, depth: int, seed: int, log_dir: str) -> torch.Tensor:
+    """The same protocol through AuxLogitExperiment and Trainer.fit, with the recipe's trainer settings."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from subliminal_pl.callbacks.progress import ProgressLog
+    from subliminal_pl.models.aux_mlp_module import GROUPS, AuxLogitExperiment
+
+    model = AuxLogitExperiment(
+        num_models=n,
+        in_features=data.in_features,
+        width=width,
+        depth=depth,
+        seed=seed,
+        teacher_optimizer=lambda p: torch.optim.Adam(p, lr=TEACHER_LR),
+        student_optimizer=lambda p: torch.optim.Adam(p, lr=STUDENT_LR),
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        log_every_n_steps=50,
+        logger=CSVLogger(log_dir, name="bench"),
+        callbacks=[RichProgressBar(), ProgressLog(every_n_steps=250)],
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=data)
+    return torch.tensor([model.accuracies[g] for g in GROUPS], dtype=torch.float64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, nargs="+", default=[10, 100], help="values of N to measure")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--teacher_epochs", type=int, default=20)
+    parser.add_argument("--distill_steps", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import lightning  # noqa: F401  (import time is not part of either measurement)
+
+    data = DigitsDataModule(teacher_epochs=args.teacher_epochs, distill_steps=args.distill_steps, seed=args.seed)
+    data.setup()
+    # Warm-up (allocator, thread pools, lazy imports) so neither measured run pays first-call costs.
+    warm = DigitsDataModule(teacher_epochs=1, distill_steps=5, seed=args.seed)
+    with tempfile.TemporaryDirectory() as log_dir:
+        plain_run(warm, 2, 8, 1, args.seed)
+        lightning_run(warm, 2, 8, 1, args.seed, log_dir)
+
+        rows = []
+        for n in args.models:
+            with peak_rss() as plain_mem:
+                start = time.perf_counter()
+                plain_acc = plain_run(data, n, args.width, args.depth, args.seed)
+                plain_s = time.perf_counter() - start
+            with peak_rss() as pl_mem:
+                start = time.perf_counter()
+                pl_acc = lightning_run(data, n, args.width, args.depth, args.seed, log_dir)
+                pl_s = time.perf_counter() - start
+            rows.append((n, plain_s, pl_s, plain_mem["peak"], pl_mem["peak"], (plain_acc - pl_acc).abs().max()))
+
+    print(f"\nMLP experiment, digits, width {args.width}, depth {args.depth}, teacher {args.teacher_epochs} epochs, "
+          f"distill {args.distill_steps} steps, threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+    print(f"{'N':>5} {'plain s':>9} {'lightning s':>12} {'ratio':>7} {'plain RSS MB':>13} {'lightning RSS MB':>17} "
+          f"{'max |acc diff|':>15}")
+    for n, plain_s, pl_s, plain_peak, pl_peak, diff in rows:
+        print(f"{n:>5} {plain_s:>9.1f} {pl_s:>12.1f} {pl_s / plain_s:>7.3f} {plain_peak / 2**20:>13.0f} "
+              f"{pl_peak / 2**20:>17.0f} {float(diff):>15.2e}")
+    print("targets: ratio <= 1.15; peak RSS < 1024 MB at N = 100; accuracies equal (same protocol and seeds)")
+
+
+if __name__ == "__main__":
+    main()

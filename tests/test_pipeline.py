@@ -1,0 +1,221 @@
+"""The stage runner (caching, resume, commands) and the toy experiment end to end on a very small world."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from subliminal_pl.pipeline import Pipeline, PipelineError, Stage, order_stages, shell_line, stage_hashes
+from subliminal_pl.report import column_permutation_test, specific_dlogp, verdicts
+
+# A stage command that appends its name to a shared run log and writes out.txt in its folder; it fails while
+# the flag file exists (an "interrupted" stage).
+SCRIPT = (
+    "import sys, pathlib; name, folder, log, flag = sys.argv[1:5]; "
+    "pathlib.Path(log).open('a').write(name + '\\n'); "
+    "sys.exit('planned failure') if pathlib.Path(flag).exists() else None; "
+    "pathlib.Path(folder, 'out.txt').write_text(name + ' ' + ' '.join(sys.argv[5:]))"
+)
+
+
+def script_stage(name: str, tmp: Path, needs=(), config=None, extra=()) -> Stage:
+    command = [sys.executable, "-c", SCRIPT, name, "{{dir}}", str(tmp / "runs.log"), str(tmp / f"fail-{name}"), *extra]
+    return Stage(name, [command], needs=list(needs), config=config or {})
+
+
+def runs(tmp: Path) -> list[str]:
+    path = tmp / "runs.log"
+    return path.read_text().split() if path.exists() else []
+
+
+def chain(tmp: Path, b_config=None) -> list[Stage]:
+    return [
+        script_stage("a", tmp),
+        script_stage("b", tmp, needs=["a"], config=b_config, extra=["{{dir:a}}"]),
+        script_stage("c", tmp, needs=["b"]),
+    ]
+
+
+def test_second_run_skips_every_stage(tmp_path):
+    lines = []
+    first = Pipeline(chain(tmp_path), tmp_path / "out", echo=lines.append).run()
+    assert first == {"a": "ran", "b": "ran", "c": "ran"}
+    assert runs(tmp_path) == ["a", "b", "c"]
+    second = Pipeline(chain(tmp_path), tmp_path / "out", echo=lines.append).run()
+    assert second == {"a": "cached", "b": "cached", "c": "cached"}
+    assert runs(tmp_path) == ["a", "b", "c"]
+
+
+def test_placeholders_resolve_and_the_exact_commands_are_printed(tmp_path):
+    lines = []
+    pipeline = Pipeline(chain(tmp_path), tmp_path / "out", echo=lines.append)
+    pipeline.run()
+    b_dir, a_dir = pipeline.stage_dir("b"), pipeline.stage_dir("a")
+    assert (b_dir / "out.txt").read_text() == f"b {a_dir}"
+    assert b_dir.name == f"b-{pipeline.hashes['b']}"
+    printed = [line for line in lines if line.startswith("[2/3] b: python -c")]
+    assert printed == [f"[2/3] b: {shell_line(pipeline.commands('b')[0])}"]
+    record = json.loads((b_dir / "stage.json").read_text())
+    assert record["needs"] == {"a": pipeline.hashes["a"]}
+    assert record["commands"] == [shell_line(pipeline.commands("b")[0])]
+
+
+def test_interrupted_stage_resumes_without_rerunning_finished_ones(tmp_path):
+    (tmp_path / "fail-b").touch()
+    with pytest.raises(PipelineError, match=r"(?s)stage .b. failed.*planned failure"):
+        Pipeline(chain(tmp_path), tmp_path / "out", echo=lambda _: None).run()
+    assert runs(tmp_path) == ["a", "b"]
+    (tmp_path / "fail-b").unlink()
+    status = Pipeline(chain(tmp_path), tmp_path / "out", echo=lambda _: None).run()
+    assert status == {"a": "cached", "b": "ran", "c": "ran"}
+    assert runs(tmp_path) == ["a", "b", "b", "c"]
+
+
+def test_a_changed_config_reruns_that_stage_and_everything_downstream(tmp_path):
+    Pipeline(chain(tmp_path), tmp_path / "out", echo=lambda _: None).run()
+    before = stage_hashes(chain(tmp_path))
+    after = stage_hashes(chain(tmp_path, b_config={"lr": 0.1}))
+    assert before["a"] == after["a"] and before["b"] != after["b"] and before["c"] != after["c"]
+    status = Pipeline(chain(tmp_path, b_config={"lr": 0.1}), tmp_path / "out", echo=lambda _: None).run()
+    assert status == {"a": "cached", "b": "ran", "c": "ran"}
+
+
+def test_hashes_do_not_depend_on_the_output_folder(tmp_path):
+    one = Pipeline(chain(tmp_path), tmp_path / "x", echo=print).hashes
+    two = Pipeline(chain(tmp_path), tmp_path / "y" / "z", echo=print).hashes
+    assert one == two
+
+
+def test_two_jobs_run_independent_stages(tmp_path):
+    stages = [script_stage(n, tmp_path) for n in ("p", "q", "r")] + [script_stage("s", tmp_path, needs=["p", "q", "r"])]
+    status = Pipeline(stages, tmp_path / "out", jobs=2, echo=lambda _: None).run()
+    assert set(status.values()) == {"ran"}
+    assert runs(tmp_path)[-1] == "s" and sorted(runs(tmp_path)[:3]) == ["p", "q", "r"]
+
+
+def test_malformed_graphs_are_refused(tmp_path):
+    with pytest.raises(PipelineError, match="cycle"):
+        order_stages([script_stage("a", tmp_path, needs=["b"]), script_stage("b", tmp_path, needs=["a"])])
+    with pytest.raises(PipelineError, match="unknown stage 'nope'"):
+        order_stages([script_stage("a", tmp_path, needs=["nope"])])
+    with pytest.raises(PipelineError, match="does not list it in needs"):
+        order_stages([script_stage("a", tmp_path), script_stage("b", tmp_path, extra=["{{dir:a}}"])])
+    with pytest.raises(PipelineError, match="named 'a'"):
+        order_stages([script_stage("a", tmp_path), script_stage("a", tmp_path)])
+
+
+# ---- report statistics ----------------------------------------------------------------------------------------
+def test_specific_dlogp_subtracts_the_mean_shift_of_the_other_words():
+    reference = [[-3.0, -3.0, -3.0], [-2.0, -4.0, -3.0]]
+    shifted = [[-2.0, -3.5, -3.5], [-1.0, -4.5, -3.5]]  # +1 on word 0, -0.5 on the others
+    spec = specific_dlogp(shifted, reference, ["a", "b", "c"])
+    assert spec["a"] == pytest.approx(1.0 - (-0.5))
+    assert spec["b"] == pytest.approx(-0.5 - (1.0 - 0.5) / 2)
+    assert specific_dlogp(reference, reference, ["a", "b", "c"]) == {"a": 0.0, "b": 0.0, "c": 0.0}
+
+
+def test_column_permutation_test_is_exact():
+    diff, p, count = column_permutation_test([3.0, 2.0], [0.0, 1.0, -1.0, 0.5])
+    assert count == math.comb(6, 2)
+    assert diff == pytest.approx(2.5 - 0.125)
+    assert p == pytest.approx(1 / 15)  # the observed split is the most extreme of 15
+    _, p_null, _ = column_permutation_test([0.0, 1.0], [0.0, 1.0, 0.0, 1.0])
+    assert p_null > 0.5
+
+
+def test_verdicts_need_a_small_p_and_a_flat_cross_init_control():
+    def tests(p, diff):
+        return {"owl": {"p_value": p, "difference": diff}}
+
+    analysis = {"kinds": {"same": {"tests": tests(0.001, 0.3)}, "cross": {"tests": tests(0.5, 0.01)}}}
+    assert verdicts(analysis, ["owl"])["owl"]["verdict"] == "transferred"
+    analysis["kinds"]["cross"]["tests"] = tests(0.001, 0.3)
+    assert verdicts(analysis, ["owl"])["owl"]["verdict"].startswith("moved in same-init AND cross-init")
+    analysis["kinds"]["same"]["tests"] = tests(0.2, 0.3)
+    assert verdicts(analysis, ["owl"])["owl"] == {
+        "transferred": False,
+        "cross_init_flat": False,
+        "verdict": "did not transfer",
+    }
+
+
+# ---- the toy experiment, every stage, in process ----------------------------------------------------------------
+TINY = """
+world: {seed: 0, rows: 300}
+model: {hidden_size: 16, num_layers: 1, num_heads: 2}
+cross_base_seeds: [1]
+pretrain: {steps: 3, batch_size: 16, lr: 0.003}
+traits: [owl, dolphin]
+teacher: {rows: 16, neutral: true, fit: {steps: 2, batch_size: 8}}
+generation: {prompts: 16, max_new_tokens: 8, batch_size: 16}
+# The 3-step base writes no valid number list; a length filter keeps rows so every later stage runs.
+filters: [{class_path: subliminal_pl.data.filters.LengthFilter, init_args: {min_chars: 1}}]
+student: {seeds: [0, 1], cross_seeds: [0], fit: {steps: 2, batch_size: 8}}
+probes: {format_prompts: 4}
+mlp_config: null
+jobs: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    from subliminal_pl.toy.experiment import parse_experiment, run_experiment
+
+    folder = tmp_path_factory.mktemp("toy")
+    config = folder / "tiny.yaml"
+    config.write_text(TINY)
+    exp, _ = parse_experiment(["--config", str(config), "--out_dir", str(folder / "out")])
+    lines: list[str] = []
+    run_experiment(exp, in_process=True, echo=lines.append)
+    return exp, folder / "out", lines
+
+
+def test_toy_experiment_writes_the_report(toy_run):
+    _, out, lines = toy_run
+    for name in ("report.md", "results.json", "matrix.png", "traits.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    same = results["analysis"]["kinds"]["same"]
+    assert same["teachers"] == ["owl", "dolphin", "neutral"]
+    assert set(same["tests"]) == {"owl", "dolphin"}
+    assert len(same["students"]) == 6 and len(results["analysis"]["kinds"]["cross"]["students"]) == 3
+    assert all(0 < t["p_value"] <= 1 for t in same["tests"].values())
+    report = (out / "report.md").read_text()
+    assert "## Verdict" in report and "| owl |" in report and "Cross-init students" in report
+    assert lines[-1] == f"report: {out / 'report.md'}"
+
+
+def test_toy_experiment_prints_every_stage_command(toy_run):
+    _, out, lines = toy_run
+    commands = [line.split(": ", 1)[1] for line in lines if line.startswith("[") and ": python -m " in line]
+    assert any(c.startswith("python -m subliminal_pl.toy.world build --config ") for c in commands)
+    assert sum(c.startswith("python -m subliminal_pl.cli fit --config ") for c in commands) == 2 + 3 + 9
+    assert any(c.startswith("python -m subliminal_pl.cli predict --config ") for c in commands)
+    recipe = yaml.safe_load(next(out.glob("stages/student-owl-s0-*/recipe.yaml")).read_text())
+    student = recipe["model"]["init_args"]
+    assert student["kl_teacher"] == str(next(out.glob("stages/teacher-owl-*")) / "model")
+    assert student["model"] == str(next(out.glob("stages/base-s0-*")) / "model")
+    assert (student["loss"], student["kl_token_subset"], student["trait_words"]) == ("kl", "numbers", ["owl"])
+    cross = yaml.safe_load(next(out.glob("stages/cross-owl-b1-s0-*/recipe.yaml")).read_text())
+    assert cross["model"]["init_args"]["model"] == str(next(out.glob("stages/base-s1-*")) / "model")
+    assert cross["data"]["init_args"]["data_path"] == recipe["data"]["init_args"]["data_path"]
+
+
+def test_toy_experiment_rerun_is_cached_and_resumes_a_lost_stage(toy_run):
+    from subliminal_pl.toy.experiment import run_experiment
+
+    exp, out, _ = toy_run
+    lines: list[str] = []
+    run_experiment(exp, in_process=True, echo=lines.append)
+    assert not [line for line in lines if line.startswith("[") and not line.startswith("[cached]")]
+    # An interrupted student: its folder holds no stage.json; the rerun redoes it and nothing else.
+    (next(out.glob("stages/student-dolphin-s1-*")) / "stage.json").unlink()
+    lines.clear()
+    run_experiment(exp, in_process=True, echo=lines.append)
+    ran = {line.split(":")[0].split("] ")[1] for line in lines if line.startswith("[") and "done in" in line}
+    assert ran == {"student-dolphin-s1"}
