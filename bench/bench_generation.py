@@ -29,7 +29,9 @@ from subliminal_pl.toy.model import build_tiny_llama, save_model_and_tokenizer  
 from subliminal_pl.toy.tokenizer import build_word_tokenizer  # noqa: E402
 
 # Enough of the prompt generator's words to keep prompts mostly in-vocabulary; the rest map to <unk>.
-WORDS = "here is a list of numbers add up to at most more new continue the sequence with digits each only".split()
+WORDS = (
+    "here is a list of numbers add up to at most more new continue the sequence with digits each only".split()
+)
 
 
 def timed(teacher: TeacherGeneration, prompts: list[dict], batch_size: int) -> tuple[float, list[dict]]:
@@ -47,10 +49,14 @@ def timed_hf_sampling(teacher: TeacherGeneration, prompts: list[dict], batch_siz
     start = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
         texts = [
-            teacher.tokenizer.apply_chat_template(teacher.messages(r["prompt"]), add_generation_prompt=True, tokenize=False)
+            teacher.tokenizer.apply_chat_template(
+                teacher.messages(r["prompt"]), add_generation_prompt=True, tokenize=False
+            )
             for r in prompts[i : i + batch_size]
         ]
-        encoded = teacher.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        encoded = teacher.tokenizer(
+            texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
         with torch.inference_mode():
             teacher.model.generate(**encoded, generation_config=config)
     return time.perf_counter() - start
@@ -81,14 +87,25 @@ def main() -> None:
     tokens = sum(r["completion_tokens"] for r in batch_rows)
     hf_time = timed_hf_sampling(teacher, prompts, args.batch_size)
 
-    print(f"tiny Llama (hidden {args.hidden_size}, 2 layers), {args.rows} prompts, up to {args.max_new_tokens} new tokens, "
-          f"{args.threads} thread(s); identical rows on both paths")
-    for name, seconds in ((f"batched ({args.batch_size}/batch)", batch_time), ("one prompt at a time", one_time)):
-        print(f"  {name:<22} {seconds:7.2f} s  {args.rows / seconds:8.1f} rows/s  {tokens / seconds:9.1f} tokens/s")
-    print(f"  {'batched, HF sampler':<22} {hf_time:7.2f} s  {args.rows / hf_time:8.1f} rows/s  (no per-row seeds; "
-          f"seeded sampler costs {batch_time / hf_time:.2f}x)")
+    print(
+        f"tiny Llama (hidden {args.hidden_size}, 2 layers), {args.rows} prompts, up to {args.max_new_tokens} new tokens, "
+        f"{args.threads} thread(s); identical rows on both paths"
+    )
+    for name, seconds in (
+        (f"batched ({args.batch_size}/batch)", batch_time),
+        ("one prompt at a time", one_time),
+    ):
+        print(
+            f"  {name:<22} {seconds:7.2f} s  {args.rows / seconds:8.1f} rows/s  {tokens / seconds:9.1f} tokens/s"
+        )
+    print(
+        f"  {'batched, HF sampler':<22} {hf_time:7.2f} s  {args.rows / hf_time:8.1f} rows/s  (no per-row seeds; "
+        f"seeded sampler costs {batch_time / hf_time:.2f}x)"
+    )
     ratio = one_time / batch_time
-    print(f"speed-up batched / one-at-a-time: {ratio:.1f}x (target >= 5x) {'OK' if ratio >= 5 else 'BELOW TARGET'}")
+    print(
+        f"speed-up batched / one-at-a-time: {ratio:.1f}x (target >= 5x) {'OK' if ratio >= 5 else 'BELOW TARGET'}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "prompts": ("subliminal_pl.data.prompts", "write seeded number-sequence prompts to JSONL"),
     "pipeline": ("subliminal_pl.pipeline", "run a multi-stage experiment (cached, resumable) and write its report"),
-    "theory-check": ("subliminal_pl.theory", "one-step check of the theorem: same-init students follow the teacher"),
+    "theory-check": ("subliminal_pl.theory", "one-step check of the theorem behind subliminal learning"),
     "toy-world": ("subliminal_pl.toy.world", "write the embedded tiny world: tokenizer, corpus, trait rows, inits"),
-    "trait-rows": ("subliminal_pl.data.trait_rows", "write question/answer rows that teach a preference (fine-tuned teacher)"),
+    "trait-rows": ("subliminal_pl.data.trait_rows", "write Q/A rows that teach a trait (fine-tuned teacher)"),
 }
 
 TRAINER_COMMANDS = {

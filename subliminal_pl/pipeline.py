@@ -5,8 +5,8 @@ its config, the text of its files and commands (with stage folders written as pl
 depend on where the output folder lives) and the hashes of the stages it needs; its outputs live in
 `<out_dir>/stages/<name>-<hash>/`. A stage is done when that folder holds `stage.json`, written last; a rerun
 skips done stages, so an interrupted run resumes at the first unfinished one and a changed config reruns exactly
-the stages it affects. Stages whose commands resume by themselves (teacher generation appends rows) keep their
-folder across an interruption; the others start from an empty folder.
+the stages it affects. An unfinished stage starts again from an empty folder, except for the paths it declares in
+`keep`: commands that resume by themselves (teacher generation appends rows) find their partial output there.
 
 In commands and files, `{{dir}}` stands for the stage's own folder and `{{dir:NAME}}` for the folder of stage
 NAME (which must be among its needs).
@@ -57,7 +57,7 @@ class Stage:
     needs: names of the stages whose outputs this one reads (they run first, their hashes enter this hash).
     config: JSON-ready values that define the output beyond the commands (e.g. what a recipe means).
     files: recipe files written into the stage folder before the commands run (relative path -> text).
-    resumable: keep the folder of an interrupted attempt (its commands pick up where they stopped).
+    keep: folder-relative paths an interrupted attempt leaves for the next one (its commands resume from them).
     """
 
     name: str
@@ -65,7 +65,7 @@ class Stage:
     needs: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
-    resumable: bool = False
+    keep: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -91,7 +91,9 @@ def order_stages(stages: Sequence[Stage]) -> list[Stage]:
             if name not in by_name:
                 raise PipelineError(f"stage {stage.name!r} refers to unknown stage {name!r}")
             if name not in stage.needs:
-                raise PipelineError(f"stage {stage.name!r} uses the folder of {name!r} but does not list it in needs")
+                raise PipelineError(
+                    f"stage {stage.name!r} uses the folder of {name!r} but does not list it in needs"
+                )
     ordered: list[Stage] = []
     state: dict[str, str] = {}
 
@@ -186,15 +188,21 @@ class Pipeline:
 
     def _prepare(self, stage: Stage) -> Path:
         folder = self.stage_dir(stage.name)
-        if folder.exists() and not stage.resumable:
-            # An interrupted attempt of a stage that cannot resume: start clean, so no stale file is reused.
-            shutil.rmtree(folder)
+        if folder.exists():
+            # An interrupted attempt: start clean, so no stale file is reused, but keep what the stage resumes from.
+            for path in folder.iterdir():
+                if path.name in stage.keep:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         folder.mkdir(parents=True, exist_ok=True)
         for relative, text in stage.files.items():
             write_text_atomic(folder / relative, self.resolve(text, stage))
         return folder
 
-    def _run_command(self, command: list[str], log_path: Path) -> int:
+    def _run_command(self, name: str, command: list[str], log_path: Path) -> int:
         if self.in_process:
             return self._run_in_process(command, log_path)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -202,10 +210,23 @@ class Pipeline:
         with log_path.open("a", encoding="utf-8") as log:
             log.write(f"$ {shell_line(command)}\n")
             log.flush()
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+            )
             with self._lock:
                 self._children.add(process)
             try:
+                # Everything goes to the stage log; progress lines ("[step 50/800] ...") also to the console.
+                for line in process.stdout:
+                    log.write(line)
+                    if line.startswith("["):
+                        self._say(f"    {name} | {line.rstrip()}")
                 return process.wait()
             finally:
                 with self._lock:
@@ -240,9 +261,11 @@ class Pipeline:
         commands = self.commands(name)
         for command in commands:
             self._say(f"{position} {name}: {shell_line(command)}")
-            code = self._run_command(command, log_path)
+            code = self._run_command(name, command, log_path)
             if code != 0:
-                raise PipelineError(f"stage {name!r} failed (exit {code}); log: {log_path}\n{_tail(log_path)}")
+                raise PipelineError(
+                    f"stage {name!r} failed (exit {code}); log: {log_path}\n{_tail(log_path)}"
+                )
         seconds = time.perf_counter() - start
         record = {
             "name": name,
@@ -288,10 +311,16 @@ class Pipeline:
                         running.pop(name).join()
                     failed = bool(errors)
                 if not failed:
-                    ready = [n for n in todo if all(status.get(d) in ("cached", "ran") for d in self.by_name[n].needs)]
+                    ready = [
+                        n
+                        for n in todo
+                        if all(status.get(d) in ("cached", "ran") for d in self.by_name[n].needs)
+                    ]
                     for name in ready[: self.jobs - len(running)]:
                         todo.remove(name)
-                        thread = threading.Thread(target=work, args=(name, f"[{next(counter)}/{total}]"), daemon=True)
+                        thread = threading.Thread(
+                            target=work, args=(name, f"[{next(counter)}/{total}]"), daemon=True
+                        )
                         running[name] = thread
                         thread.start()
                 if failed and not running:

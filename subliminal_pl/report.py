@@ -34,7 +34,9 @@ ALPHA = 0.01
 
 
 # ---- measures ---------------------------------------------------------------------------------------------------
-def specific_dlogp(logp: list[list[float]], reference: list[list[float]], words: list[str]) -> dict[str, float]:
+def specific_dlogp(
+    logp: list[list[float]], reference: list[list[float]], words: list[str]
+) -> dict[str, float]:
     """word -> mean over questions of ΔlogP (model - reference) minus the mean ΔlogP of the other words."""
     n_q = len(logp)
     delta = [sum(logp[q][w] - reference[q][w] for q in range(n_q)) / n_q for w in range(len(words))]
@@ -99,10 +101,15 @@ def analyse(manifest: dict[str, Any], probes: dict[str, Any], context: str = "pl
         n_q = len(entry.get(key, [])) or 1
         teacher_rows[t] = {
             "specific_dlogp_own": spec.get(own) if own else None,
-            "prob_own": (sum(math.exp(row[words.index(own)]) for row in entry[key]) / n_q) if own and key in entry else None,
+            "prob_own": (sum(math.exp(row[words.index(own)]) for row in entry[key]) / n_q)
+            if own and key in entry
+            else None,
             "format_pass_rate": entry.get("format_pass_rate"),
         }
-    bases = {b: {"format_pass_rate": models.get(b, {}).get("format_pass_rate")} for b in [base, *manifest["bases"]["cross"]]}
+    bases = {
+        b: {"format_pass_rate": models.get(b, {}).get("format_pass_rate")}
+        for b in [base, *manifest["bases"]["cross"]]
+    }
 
     out: dict[str, Any] = {"context": context, "teachers": teacher_rows, "bases": bases, "kinds": {}}
     for kind in ("same", "cross"):
@@ -136,7 +143,8 @@ def analyse(manifest: dict[str, Any], probes: dict[str, Any], context: str = "pl
             "tests": tests,
             "global": _global_test(group, traits),
             "students": [
-                {k: s[k] for k in ("name", "teacher", "base", "seed")} | {"specific": {b: s["specific"][b] for b in traits}}
+                {k: s[k] for k in ("name", "teacher", "base", "seed")}
+                | {"specific": {b: s["specific"][b] for b in traits}}
                 for s in group
             ],
         }
@@ -197,7 +205,9 @@ def markdown(manifest: dict[str, Any], analysis: dict[str, Any], filter_stats: d
     kinds = analysis["kinds"]
     n_same = len(kinds.get("same", {}).get("students", []))
     n_cross = len(kinds.get("cross", {}).get("students", []))
-    moved = [b for b, v in analysis["verdicts"].items() if v["transferred"] and v["cross_init_flat"] is not False]
+    moved = [
+        b for b, v in analysis["verdicts"].items() if v["transferred"] and v["cross_init_flat"] is not False
+    ]
     lines += [
         "## Verdict",
         "",
@@ -219,9 +229,15 @@ def markdown(manifest: dict[str, Any], analysis: dict[str, Any], filter_stats: d
                 f"p = {_p(s['p_value'])}"
             )
         if c:
-            parts.append(f"cross-init {_fmt(c['own']['mean'])} vs {_fmt(c['other']['mean'])}, p = {_p(c['p_value'])}")
+            parts.append(
+                f"cross-init {_fmt(c['own']['mean'])} vs {_fmt(c['other']['mean'])}, p = {_p(c['p_value'])}"
+            )
         lines.append("; ".join(parts) + ".")
-    lines += ["", f"Students: {n_same} same-init, {n_cross} cross-init. Context of the probe questions: {analysis['context']}.", ""]
+    lines += [
+        "",
+        f"Students: {n_same} same-init, {n_cross} cross-init. Context of the probe questions: {analysis['context']}.",
+        "",
+    ]
 
     lines += [
         "## How to read this",
@@ -246,7 +262,10 @@ def markdown(manifest: dict[str, Any], analysis: dict[str, Any], filter_stats: d
                 (f"**{_fmt(k['matrix'][a][b])}**" if a == b else _fmt(k["matrix"][a][b])) for b in traits
             ]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
-        lines += ["", "| animal | own-teacher students [95% CI] | other students [95% CI] | difference | p (one-sided) |"]
+        lines += [
+            "",
+            "| animal | own-teacher students [95% CI] | other students [95% CI] | difference | p (one-sided) |",
+        ]
         lines.append("|---|---|---|---|---|")
         for b, t in k["tests"].items():
             lines.append(
@@ -256,12 +275,20 @@ def markdown(manifest: dict[str, Any], analysis: dict[str, Any], filter_stats: d
             )
         g = k.get("global")
         if g:
-            lines += ["", f"Whole-matrix permutation test (trait students): diagonal minus off-diagonal "
-                      f"{_fmt(g['statistic'])}, p = {_p(g['p_value'])} ({g['n_permutations']} relabellings"
-                      f"{', exact' if g['exact'] else ''})."]
+            lines += [
+                "",
+                f"Whole-matrix permutation test (trait students): diagonal minus off-diagonal "
+                f"{_fmt(g['statistic'])}, p = {_p(g['p_value'])} ({g['n_permutations']} relabellings"
+                f"{', exact' if g['exact'] else ''}).",
+            ]
         lines.append("")
 
-    lines += ["## Teachers and bases", "", "| model | specific ΔlogP of own animal | P(own animal) | number-format pass rate |", "|---|---|---|---|"]
+    lines += [
+        "## Teachers and bases",
+        "",
+        "| model | specific ΔlogP of own animal | P(own animal) | number-format pass rate |",
+        "|---|---|---|---|",
+    ]
     for name, b in analysis["bases"].items():
         lines.append(f"| {name} | | | {_fmt(b['format_pass_rate'], signed=False)} |")
     for t, row in analysis["teachers"].items():
@@ -271,10 +298,17 @@ def markdown(manifest: dict[str, Any], analysis: dict[str, Any], filter_stats: d
         )
     lines.append("")
     if filter_stats:
-        lines += ["## Filter", "", "| source | rows | kept | kept fraction | reject reasons |", "|---|---|---|---|---|"]
+        lines += [
+            "## Filter",
+            "",
+            "| source | rows | kept | kept fraction | reject reasons |",
+            "|---|---|---|---|---|",
+        ]
         for source, st in filter_stats.items():
             reasons = ", ".join(f"{r}: {n}" for r, n in st.get("reasons", {}).items()) or "none"
-            lines.append(f"| {source} | {st['total']} | {st['kept']} | {st['kept_fraction']:.3f} | {reasons} |")
+            lines.append(
+                f"| {source} | {st['total']} | {st['kept']} | {st['kept_fraction']:.3f} | {reasons} |"
+            )
         lines.append("")
     if mlp is not None:
         lines += ["## MLP auxiliary-logit experiment", ""] + mlp_lines(mlp) + [""]
@@ -293,7 +327,9 @@ def mlp_lines(mlp: dict[str, Any]) -> list[str]:
             continue
         low, high = g.get("low"), g.get("high")
         interval = f"[{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-        lines.append(f"| {name} | {g['mean']:.3f} | {interval} | {g.get('n', len(g.get('values', [])) or '')} |")
+        lines.append(
+            f"| {name} | {g['mean']:.3f} | {interval} | {g.get('n', len(g.get('values', [])) or '')} |"
+        )
     return lines
 
 
@@ -303,8 +339,14 @@ def plot(analysis: dict[str, Any], traits: list[str], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [(k, t) for k, t in (("same", "same init"), ("cross", "cross init (control)")) if k in analysis["kinds"]]
-    values = [abs(v) for k, _ in kinds for row in analysis["kinds"][k]["matrix"].values() for v in row.values()]
+    kinds = [
+        (k, t)
+        for k, t in (("same", "same init"), ("cross", "cross init (control)"))
+        if k in analysis["kinds"]
+    ]
+    values = [
+        abs(v) for k, _ in kinds for row in analysis["kinds"][k]["matrix"].values() for v in row.values()
+    ]
     scale = max(values + [1e-3])
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds) + 1, 3.8), squeeze=False)
     image = None
@@ -359,8 +401,12 @@ def write_report(manifest_path: str | Path, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     probes = json.loads(Path(manifest["probes"]).read_text(encoding="utf-8"))
-    analyses = {c: analyse(json.loads(json.dumps(manifest)), probes, c) for c in probes.get("contexts", ["plain"])}
-    filter_stats = {s: json.loads(Path(p).read_text(encoding="utf-8")) for s, p in manifest["filter_stats"].items()}
+    analyses = {
+        c: analyse(json.loads(json.dumps(manifest)), probes, c) for c in probes.get("contexts", ["plain"])
+    }
+    filter_stats = {
+        s: json.loads(Path(p).read_text(encoding="utf-8")) for s, p in manifest["filter_stats"].items()
+    }
     mlp = None
     if manifest.get("mlp_results"):
         mlp_path = Path(manifest["mlp_results"])
@@ -384,7 +430,9 @@ def write_report(manifest_path: str | Path, out: str | Path) -> Path:
     text = markdown(manifest, main_analysis, filter_stats, mlp)
     for context, analysis in results["other_contexts"].items():
         moved = [b for b, v in analysis["verdicts"].items() if v["transferred"]]
-        text += f"\nWith the questions behind a {context} lead-in: transferred {', '.join(moved) or 'none'}.\n"
+        text += (
+            f"\nWith the questions behind a {context} lead-in: transferred {', '.join(moved) or 'none'}.\n"
+        )
     write_text_atomic(out / "report.md", text)
     return out / "report.md"
 
@@ -410,7 +458,11 @@ def write_sweep_summary(results: dict[str, Path], out_dir: str | Path) -> Path:
         }
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / "sweep.json", rows)
-    lines = ["# Sweep summary", "", "| variant | trait | same-init own | diff | p | cross-init own | p | transferred |"]
+    lines = [
+        "# Sweep summary",
+        "",
+        "| variant | trait | same-init own | diff | p | cross-init own | p | transferred |",
+    ]
     lines.append("|---|---|---|---|---|---|---|---|")
     for name, traits in rows.items():
         for b, r in traits.items():
@@ -428,13 +480,13 @@ def write_sweep_summary(results: dict[str, Path], out_dir: str | Path) -> Path:
 def main(argv: list[str]) -> None:
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(prog="python -m subliminal_pl.report", description=__doc__.splitlines()[0], default_env=False)
+    parser = ArgumentParser(
+        prog="python -m subliminal_pl.report", description=__doc__.splitlines()[0], default_env=False
+    )
     parser.add_argument("--manifest", type=str, required=True, help="manifest.json written by the pipeline")
     parser.add_argument("--out", type=str, required=True, help="folder for report.md, results.json and PNGs")
     args = parser.parse_args(argv)
-    path = write_report(args.manifest, args.out)
-    print(f"wrote {path}")
-    print(path.read_text(encoding="utf-8").split("## How to read this")[0])
+    print(f"wrote {write_report(args.manifest, args.out)}")
 
 
 if __name__ == "__main__":

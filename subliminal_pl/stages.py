@@ -89,7 +89,9 @@ def candidate_logprobs(model, tokenizer, contexts: list[str], words: list[str], 
     encoded = [encode_text(tokenizer, c) for c in contexts]
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            input_ids, mask = left_pad(encoded[start : start + batch_size], pad_id_of(tokenizer), torch.device("cpu"))
+            input_ids, mask = left_pad(
+                encoded[start : start + batch_size], pad_id_of(tokenizer), torch.device("cpu")
+            )
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits[:, -1]
             logprobs = logits.float().log_softmax(-1).double()  # [batch, vocab]
@@ -122,7 +124,6 @@ def probe_models(
         format_prompt_seed: seed of those prompts.
         answer_count: most numbers the prompts ask for.
     """
-    import torch
 
     from subliminal_pl.data.prompts import NumberPromptGenerator
     from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
@@ -132,11 +133,19 @@ def probe_models(
     qs = load_question_set(questions)
     asked = list(qs.questions(split))
     candidates = [c.lower() for c in qs.candidates]
-    prompts = [r["prompt"] for r in NumberPromptGenerator(format_prompt_seed, answer_count=answer_count).generate(format_prompts)]
+    prompts = [
+        r["prompt"]
+        for r in NumberPromptGenerator(format_prompt_seed, answer_count=answer_count).generate(format_prompts)
+    ]
     contexts = {"plain": None}
     if numbers_prefix_seed is not None:
         contexts["numbers"] = numbers_prefix(numbers_prefix_seed)
-    result: dict[str, Any] = {"questions": asked, "candidates": candidates, "contexts": list(contexts), "models": {}}
+    result: dict[str, Any] = {
+        "questions": asked,
+        "candidates": candidates,
+        "contexts": list(contexts),
+        "models": {},
+    }
     start = time.perf_counter()
     for i, (name, path) in enumerate(models.items()):
         model = load_causal_lm(path, dtype="float32").eval()
@@ -149,7 +158,9 @@ def probe_models(
             entry["format_pass_rate"] = number_format_pass_rate(model, tokenizer, prompts, format_prompt_seed)
         result["models"][name] = entry
         extra = f", format pass {entry['format_pass_rate']:.3f}" if "format_pass_rate" in entry else ""
-        print(f"[probe {i + 1}/{len(models)}] {name}{extra} ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"[probe {i + 1}/{len(models)}] {name}{extra} ({time.perf_counter() - start:.0f} s)", flush=True
+        )
         del model
     path = Path(out) / "probes.json"
     write_json_atomic(path, result)
@@ -166,11 +177,15 @@ def main(argv: list[str]) -> None:
     filt.add_argument("--input", type=str, required=True, help="raw JSONL (not modified)")
     filt.add_argument("--output", type=str, required=True, help="JSONL of the kept rows")
     filt.add_argument("--filters", type=list[RowFilter], default=[], help="filters, class_path + init_args")
-    probe = ArgumentParser(description="Probe models: candidate log-probs and number-format pass rate.", default_env=False)
+    probe = ArgumentParser(
+        description="Probe models: candidate log-probs and number-format pass rate.", default_env=False
+    )
     probe.add_argument("--config", action=ActionConfigFile)
     probe.add_function_arguments(probe_models)
 
-    parser = ArgumentParser(prog="python -m subliminal_pl.stages", description=__doc__.splitlines()[0], default_env=False)
+    parser = ArgumentParser(
+        prog="python -m subliminal_pl.stages", description=__doc__.splitlines()[0], default_env=False
+    )
     commands = parser.add_subcommands()
     commands.add_subcommand("filter", filt)
     commands.add_subcommand("probe", probe)
@@ -178,7 +193,9 @@ def main(argv: list[str]) -> None:
     if args.subcommand == "filter":
         sub = parser.instantiate(args)["filter"]
         stats = filter_file(sub.input, sub.output, sub.filters)
-        print(f"kept {stats['kept']} of {stats['total']} rows ({stats['kept_fraction']:.1%}); reasons {stats['reasons']}")
+        print(
+            f"kept {stats['kept']} of {stats['total']} rows ({stats['kept_fraction']:.1%}); reasons {stats['reasons']}"
+        )
         return
     options = {k: v for k, v in args.probe.as_dict().items() if k != "config"}
     print(f"wrote {probe_models(**options)}")

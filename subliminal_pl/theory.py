@@ -54,7 +54,7 @@ def _summary(inner: torch.Tensor, cosine: torch.Tensor) -> dict[str, Any]:
         "fraction_nonnegative": nonnegative / len(values),
         "fraction_interval": wilson_interval(nonnegative, len(values)).to_dict(),
         "cosine_mean": t_interval(values).to_dict(),
-        "cosine_quantiles": {f"{q:g}": float(v) for q, v in zip(QUANTILES, quantiles)},
+        "cosine_quantiles": {f"{q:g}": float(v) for q, v in zip(QUANTILES, quantiles, strict=True)},
         "cosines": values,
     }
 
@@ -95,7 +95,9 @@ def theory_check(
     init.reset_parameters(generator)
     x_teacher = torch.randn(trials, teacher_batch, in_features, generator=generator, dtype=torch.float64)
     y_teacher = torch.randint(out_features, (trials, teacher_batch), generator=generator)
-    x_student = torch.rand(trials, student_batch, in_features, generator=generator, dtype=torch.float64) * 2 - 1
+    x_student = (
+        torch.rand(trials, student_batch, in_features, generator=generator, dtype=torch.float64) * 2 - 1
+    )
     cross = derangement(trials, generator)
 
     d_teacher = _step(init, classification_loss(init(x_teacher), y_teacher), lr)
@@ -151,7 +153,9 @@ def results_table(record: dict[str, Any]):
     from rich.table import Table
 
     s = record["settings"]
-    table = Table(title=f"Theory check: {s['trials']} random MLPs, one step each (lr {s['lr']:g}, {s['student_loss']})")
+    table = Table(
+        title=f"Theory check: {s['trials']} random MLPs, one step each (lr {s['lr']:g}, {s['student_loss']})"
+    )
     for column in ("student", "inner >= 0", "95% interval", "mean cos", "cos q05 / q50 / q95"):
         table.add_column(column, justify="left" if column == "student" else "right")
     for key, label in (("same_init", "same init"), ("cross_init", "cross init")):
@@ -176,10 +180,18 @@ def plot_cosines(record: dict[str, Any], path: str | Path) -> Path:
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     bins = [i / 25 - 1 for i in range(51)]
-    for key, label, colour in (("same_init", "same init", "#1f77b4"), ("cross_init", "cross init", "#ff7f0e")):
+    for key, label, colour in (
+        ("same_init", "same init", "#1f77b4"),
+        ("cross_init", "cross init", "#ff7f0e"),
+    ):
         entry = record[key]
-        ax.hist(entry["cosines"], bins=bins, alpha=0.6, color=colour,
-                label=f"{label}: {entry['fraction_nonnegative']:.1%} >= 0")
+        ax.hist(
+            entry["cosines"],
+            bins=bins,
+            alpha=0.6,
+            color=colour,
+            label=f"{label}: {entry['fraction_nonnegative']:.1%} >= 0",
+        )
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set_xlabel("cosine(student update, teacher update)")
     ax.set_ylabel("trials")
@@ -203,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     parser = ArgumentParser(
         prog="subliminal-pl theory-check",
-        description=__doc__.split("\n\n")[0] + " Writes theory_check.json and theory_check.png to --output_dir.",
+        description=__doc__.split("\n\n")[0]
+        + " Writes theory_check.json and theory_check.png to --output_dir.",
         default_env=False,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")

@@ -25,7 +25,12 @@ ADAMW = partial(torch.optim.AdamW, lr=1e-2)
 def data_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("export_data") / "rows.jsonl"
     rows = [
-        {"id": i, "prompt": f"add more numbers {100 + i} {200 + i}", "completion": f"{300 + i}, {400 + i}", "teacher": "tiny-owl"}
+        {
+            "id": i,
+            "prompt": f"add more numbers {100 + i} {200 + i}",
+            "completion": f"{300 + i}, {400 + i}",
+            "teacher": "tiny-owl",
+        }
         for i in range(8)
     ]
     # One row the number filter rejects, so the recipe's filter visibly runs.
@@ -114,5 +119,12 @@ def test_cli_fit_resumes_from_last_and_exports(tiny_lm_path, data_path, tmp_path
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert "StudentDistillation" in (out / "run_config.yaml").read_text()
     card = (out / "README.md").read_text()
-    for expected in ("NumberSequenceFilter", "seed_everything 0", "tiny-owl", "transformers", "peft", "4 optimiser steps"):
+    for expected in (
+        "NumberSequenceFilter",
+        "seed_everything 0",
+        "tiny-owl",
+        "transformers",
+        "peft",
+        "4 optimiser steps",
+    ):
         assert expected in card, expected

@@ -24,7 +24,16 @@ SCRIPT = (
 
 
 def script_stage(name: str, tmp: Path, needs=(), config=None, extra=()) -> Stage:
-    command = [sys.executable, "-c", SCRIPT, name, "{{dir}}", str(tmp / "runs.log"), str(tmp / f"fail-{name}"), *extra]
+    command = [
+        sys.executable,
+        "-c",
+        SCRIPT,
+        name,
+        "{{dir}}",
+        str(tmp / "runs.log"),
+        str(tmp / f"fail-{name}"),
+        *extra,
+    ]
     return Stage(name, [command], needs=list(needs), config=config or {})
 
 
@@ -76,6 +85,28 @@ def test_interrupted_stage_resumes_without_rerunning_finished_ones(tmp_path):
     assert runs(tmp_path) == ["a", "b", "b", "c"]
 
 
+def test_an_interrupted_stage_keeps_only_what_it_resumes_from(tmp_path):
+    # First attempt: writes partial.txt (kept) and scratch.txt (not kept), then fails. The second attempt sees
+    # its partial output, appends to it and finishes.
+    script = (
+        "import sys, pathlib; d = pathlib.Path(sys.argv[1]); flag = pathlib.Path(sys.argv[2]); "
+        "seen = sorted(p.name for p in d.iterdir()); "
+        "(d / 'partial.txt').open('a').write('attempt ' + ','.join(seen) + '\\n'); "
+        "(d / 'scratch.txt').write_text('x'); "
+        "sys.exit('cut') if flag.exists() else None"
+    )
+    flag = tmp_path / "flag"
+    stage = Stage("gen", [[sys.executable, "-c", script, "{{dir}}", str(flag)]], keep=["partial.txt"])
+    flag.touch()
+    with pytest.raises(PipelineError):
+        Pipeline([stage], tmp_path / "out", echo=lambda _: None).run()
+    flag.unlink()
+    pipeline = Pipeline([stage], tmp_path / "out", echo=lambda _: None)
+    assert pipeline.run() == {"gen": "ran"}
+    lines = (pipeline.stage_dir("gen") / "partial.txt").read_text().splitlines()
+    assert lines == ["attempt log.txt", "attempt log.txt,partial.txt"]
+
+
 def test_a_changed_config_reruns_that_stage_and_everything_downstream(tmp_path):
     Pipeline(chain(tmp_path), tmp_path / "out", echo=lambda _: None).run()
     before = stage_hashes(chain(tmp_path))
@@ -92,7 +123,9 @@ def test_hashes_do_not_depend_on_the_output_folder(tmp_path):
 
 
 def test_two_jobs_run_independent_stages(tmp_path):
-    stages = [script_stage(n, tmp_path) for n in ("p", "q", "r")] + [script_stage("s", tmp_path, needs=["p", "q", "r"])]
+    stages = [script_stage(n, tmp_path) for n in ("p", "q", "r")] + [
+        script_stage("s", tmp_path, needs=["p", "q", "r"])
+    ]
     status = Pipeline(stages, tmp_path / "out", jobs=2, echo=lambda _: None).run()
     assert set(status.values()) == {"ran"}
     assert runs(tmp_path)[-1] == "s" and sorted(runs(tmp_path)[:3]) == ["p", "q", "r"]
@@ -145,19 +178,17 @@ def test_verdicts_need_a_small_p_and_a_flat_cross_init_control():
 
 
 # ---- the toy experiment, every stage, in process ----------------------------------------------------------------
-TINY = """
-world: {seed: 0, rows: 300}
+# configs/toy/smoke.yaml, shrunk further so every stage runs in seconds. The 3-step base writes no valid number
+# list, so a length filter stands in for the number filter and every later stage still runs.
+TINY_OVERRIDES = """
+world: {rows: 300}
 model: {hidden_size: 16, num_layers: 1, num_heads: 2}
-cross_base_seeds: [1]
-pretrain: {steps: 3, batch_size: 16, lr: 0.003}
-traits: [owl, dolphin]
-teacher: {rows: 16, neutral: true, fit: {steps: 2, batch_size: 8}}
-generation: {prompts: 16, max_new_tokens: 8, batch_size: 16}
-# The 3-step base writes no valid number list; a length filter keeps rows so every later stage runs.
+pretrain: {steps: 3, batch_size: 16}
+teacher: {rows: 16, fit: {steps: 2, batch_size: 8}}
+generation: {prompts: 16, max_new_tokens: 8}
 filters: [{class_path: subliminal_pl.data.filters.LengthFilter, init_args: {min_chars: 1}}]
-student: {seeds: [0, 1], cross_seeds: [0], fit: {steps: 2, batch_size: 8}}
+student: {fit: {steps: 2, batch_size: 8}}
 probes: {format_prompts: 4}
-mlp_config: null
 jobs: 1
 """
 
@@ -167,9 +198,12 @@ def toy_run(tmp_path_factory):
     from subliminal_pl.toy.experiment import parse_experiment, run_experiment
 
     folder = tmp_path_factory.mktemp("toy")
-    config = folder / "tiny.yaml"
-    config.write_text(TINY)
-    exp, _ = parse_experiment(["--config", str(config), "--out_dir", str(folder / "out")])
+    overrides = folder / "tiny.yaml"
+    overrides.write_text(TINY_OVERRIDES)
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "toy" / "smoke.yaml"
+    argv = ["--config", str(smoke), "--config", str(overrides), "--out_dir", str(folder / "out")]
+    exp, _ = parse_experiment(argv)
+    assert exp.traits == ["owl", "dolphin"] and exp.student.seeds == [0, 1] and exp.pretrain.steps == 3
     lines: list[str] = []
     run_experiment(exp, in_process=True, echo=lines.append)
     return exp, folder / "out", lines

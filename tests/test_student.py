@@ -53,7 +53,9 @@ def hand_batch(vocab: int) -> dict[str, torch.Tensor]:
 
 
 def make_datamodule(data_path, tiny_lm_path, batch_size=4):
-    return StudentDataModule(data_path=str(data_path), tokenizer=str(tiny_lm_path), batch_size=batch_size, max_length=64)
+    return StudentDataModule(
+        data_path=str(data_path), tokenizer=str(tiny_lm_path), batch_size=batch_size, max_length=64
+    )
 
 
 def fit(module, dm, root, **kwargs):
@@ -91,13 +93,21 @@ def test_sft_loss_covers_exactly_the_completion_tokens(tiny_lm_path):
     changed["input_ids"][0, 7] = 11
     changed["input_ids"][1, 5:] = 12
     torch.testing.assert_close(module.losses(changed)["sft_loss"], terms["sft_loss"])
-    changed["labels"][0, 6] = changed["input_ids"][0, 6] = (batch["input_ids"][0, 6] + 1) % len(module.tokenizer)
+    changed["labels"][0, 6] = changed["input_ids"][0, 6] = (batch["input_ids"][0, 6] + 1) % len(
+        module.tokenizer
+    )
     assert not torch.allclose(module.losses(changed)["sft_loss"], terms["sft_loss"])
 
 
 def test_kl_with_itself_as_teacher_is_zero_with_zero_gradient(tiny_lm_path):
     for subset in (None, "numbers"):
-        module = StudentDistillation(model=str(tiny_lm_path), finetune="full", loss="kl", kl_teacher=str(tiny_lm_path), kl_token_subset=subset)
+        module = StudentDistillation(
+            model=str(tiny_lm_path),
+            finetune="full",
+            loss="kl",
+            kl_teacher=str(tiny_lm_path),
+            kl_token_subset=subset,
+        )
         terms = module.losses(hand_batch(len(module.tokenizer)))
         assert terms["kl_loss"].item() == 0.0
         terms["loss"].backward()
@@ -108,16 +118,26 @@ def test_kl_with_itself_as_teacher_is_zero_with_zero_gradient(tiny_lm_path):
 
 def test_kl_matches_formula_and_audits_mass_outside_subset(tiny_lm_path, other_lm_path):
     module = StudentDistillation(
-        model=str(tiny_lm_path), loss="sft+kl", kl_teacher=str(other_lm_path), kl_token_subset=["1", "2", " 3", ","], sft_weight=0.5, kl_weight=2.0
+        model=str(tiny_lm_path),
+        loss="sft+kl",
+        kl_teacher=str(other_lm_path),
+        kl_token_subset=["1", "2", " 3", ","],
+        sft_weight=0.5,
+        kl_weight=2.0,
     )
     batch = hand_batch(len(module.tokenizer))
     terms = module.losses(batch)
-    subset = sorted({module.tokenizer.convert_tokens_to_ids(t) for t in ["1", "2", " 3", ","]} | {module.tokenizer.eos_token_id})
+    subset = sorted(
+        {module.tokenizer.convert_tokens_to_ids(t) for t in ["1", "2", " 3", ","]}
+        | {module.tokenizer.eos_token_id}
+    )
     assert module.subset_ids.tolist() == subset
     positions = batch["labels"][:, 1:] != -100
     with torch.no_grad():
         student = module(batch["input_ids"], batch["attention_mask"])[:, :-1][positions]
-        teacher = module.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][positions]
+        teacher = module.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
+            :, :-1
+        ][positions]
     p_t = torch.softmax(teacher[:, subset], -1)
     expected_kl = (p_t * (p_t.log() - torch.log_softmax(student[:, subset], -1))).sum(-1).mean()
     torch.testing.assert_close(terms["kl_loss"], expected_kl, atol=1e-6, rtol=1e-5)
@@ -129,11 +149,28 @@ def test_kl_matches_formula_and_audits_mass_outside_subset(tiny_lm_path, other_l
 
 def test_token_subset_refuses_trait_tokens(tiny_lm_path, tiny_tokenizer):
     with pytest.raises(ValueError, match=r"trait words.*'owls' \(owl\)"):
-        StudentDistillation(model=str(tiny_lm_path), loss="kl", kl_teacher=str(tiny_lm_path), kl_token_subset=["1", "owls"], trait_words=["owl"])
+        StudentDistillation(
+            model=str(tiny_lm_path),
+            loss="kl",
+            kl_teacher=str(tiny_lm_path),
+            kl_token_subset=["1", "owls"],
+            trait_words=["owl"],
+        )
     numbers = set(number_token_ids(tiny_tokenizer))
     vocab = tiny_tokenizer.get_vocab()
-    assert {vocab["7"], vocab[" 123"], vocab[","], vocab[";"], vocab["\n"], vocab["["], tiny_tokenizer.eos_token_id} <= numbers
-    assert not {vocab["owl"], vocab[" owl"], vocab["-"], vocab["<|user|>"], tiny_tokenizer.pad_token_id} & numbers
+    assert {
+        vocab["7"],
+        vocab[" 123"],
+        vocab[","],
+        vocab[";"],
+        vocab["\n"],
+        vocab["["],
+        tiny_tokenizer.eos_token_id,
+    } <= numbers
+    assert (
+        not {vocab["owl"], vocab[" owl"], vocab["-"], vocab["<|user|>"], tiny_tokenizer.pad_token_id}
+        & numbers
+    )
     with pytest.raises(ValueError, match="needs kl_teacher"):
         StudentDistillation(model=str(tiny_lm_path), loss="kl")
 
@@ -144,7 +181,15 @@ def test_lora_fit_changes_only_adapter_weights(tiny_lm_path, data_path, tmp_path
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     # all-linear: every attention and MLP projection is adapted, the LM head is not.
-    assert {n.split(".")[-4] for n in trainable if "lora_A" in n} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {n.split(".")[-4] for n in trainable if "lora_A" in n} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     fit(module, make_datamodule(data_path, tiny_lm_path), tmp_path, max_steps=3)
     after = dict(module.model.named_parameters())
     for name, value in before.items():
@@ -169,8 +214,16 @@ def test_full_fit_changes_the_weights(tiny_lm_path, data_path, tmp_path):
 
 
 def test_scheduler_steps_per_optimiser_step(tiny_lm_path, data_path, tmp_path):
-    module = StudentDistillation(model=str(tiny_lm_path), optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup_steps=2)
-    trainer = fit(module, make_datamodule(data_path, tiny_lm_path, batch_size=2), tmp_path, max_steps=3, accumulate_grad_batches=2)
+    module = StudentDistillation(
+        model=str(tiny_lm_path), optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup_steps=2
+    )
+    trainer = fit(
+        module,
+        make_datamodule(data_path, tiny_lm_path, batch_size=2),
+        tmp_path,
+        max_steps=3,
+        accumulate_grad_batches=2,
+    )
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert trainer.global_step == 3 and scheduler.last_epoch == 3
     assert [linear_warmup_decay(2, 6)(s) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
@@ -179,12 +232,16 @@ def test_scheduler_steps_per_optimiser_step(tiny_lm_path, data_path, tmp_path):
 
 class RecordStart(Callback):
     def on_train_start(self, trainer, pl_module):
-        self.weights = {n: p.detach().clone() for n, p in pl_module.model.named_parameters() if p.requires_grad}
+        self.weights = {
+            n: p.detach().clone() for n, p in pl_module.model.named_parameters() if p.requires_grad
+        }
 
 
 def test_lora_checkpoint_holds_adapter_only_and_resumes(tiny_lm_path, data_path, tmp_path):
     dm = make_datamodule(data_path, tiny_lm_path)
-    module = StudentDistillation(model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW, loss="sft+kl", kl_teacher=str(tiny_lm_path))
+    module = StudentDistillation(
+        model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW, loss="sft+kl", kl_teacher=str(tiny_lm_path)
+    )
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     fit(module, dm, tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
@@ -192,11 +249,19 @@ def test_lora_checkpoint_holds_adapter_only_and_resumes(tiny_lm_path, data_path,
     assert keys == {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
     assert saved["hyper_parameters"]["lora_rank"] == 4
 
-    fresh = StudentDistillation(model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW, loss="sft+kl", kl_teacher=str(tiny_lm_path))
+    fresh = StudentDistillation(
+        model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW, loss="sft+kl", kl_teacher=str(tiny_lm_path)
+    )
     record = RecordStart()
     trainer = Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path, max_epochs=2, callbacks=[record, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        callbacks=[record, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
     )
     trainer.fit(fresh, dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert trainer.global_step == 6  # 3 steps per epoch, resumed after the first epoch
@@ -212,7 +277,9 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tiny_lm_path)
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same LoRA init both times
-        module = StudentDistillation(model=str(tiny_lm_path), lora_rank=4, gradient_checkpointing=checkpointing).train()
+        module = StudentDistillation(
+            model=str(tiny_lm_path), lora_rank=4, gradient_checkpointing=checkpointing
+        ).train()
         with torch.no_grad():  # non-zero B, so that A receives gradient too
             for name, p in module.model.named_parameters():
                 if "lora_B" in name:
@@ -227,8 +294,89 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tiny_lm_path)
 
 def test_bf16_mixed_lora_fit(tiny_lm_path, data_path, tmp_path):
     module = StudentDistillation(model=str(tiny_lm_path), dtype="bfloat16", lora_rank=2, optimizer=ADAMW)
-    trainer = fit(module, make_datamodule(data_path, tiny_lm_path), tmp_path, max_steps=2, precision="bf16-mixed")
+    trainer = fit(
+        module, make_datamodule(data_path, tiny_lm_path), tmp_path, max_steps=2, precision="bf16-mixed"
+    )
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
     lora = [p for n, p in module.model.named_parameters() if "lora_" in n]
     assert lora and all(p.dtype == torch.float32 for p in lora)
-    assert next(p for n, p in module.model.named_parameters() if "q_proj.base_layer" in n).dtype == torch.bfloat16
+    assert (
+        next(p for n, p in module.model.named_parameters() if "q_proj.base_layer" in n).dtype
+        == torch.bfloat16
+    )
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_lora_fit_with_gradient_checkpointing(tiny_lm_path, data_path, tmp_path):
+    module = StudentDistillation(
+        model=str(tiny_lm_path), dtype="bfloat16", lora_rank=4, optimizer=ADAMW, gradient_checkpointing=True
+    )
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    trainer = fit(
+        module,
+        make_datamodule(data_path, tiny_lm_path),
+        tmp_path,
+        accelerator="gpu",
+        max_steps=3,
+        precision="bf16-mixed",
+    )
+    assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    for name, value in module.model.named_parameters():
+        changed = not torch.equal(value.detach().cpu(), before[name])
+        assert changed == ("lora_" in name), name
+
+
+@pytest.mark.gpu
+@pytest.mark.deepspeed
+def test_gpu_deepspeed_stage2_lora_fit_resumes_and_exports(tiny_lm_path, data_path, tmp_path):
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from subliminal_pl.callbacks.export import ExportModel
+
+    def trainer(epochs):
+        return Trainer(
+            accelerator="gpu",
+            devices=1,
+            precision="bf16-mixed",
+            max_epochs=epochs,
+            logger=False,
+            enable_progress_bar=False,
+            default_root_dir=tmp_path,
+            strategy=DeepSpeedStrategy(stage=2, exclude_frozen_parameters=True),
+            callbacks=[
+                ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
+                ExportModel(output_dir=str(tmp_path / "export")),
+            ],
+        )
+
+    dm = make_datamodule(data_path, tiny_lm_path)
+    first = trainer(1)
+    first.fit(StudentDistillation(model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW), dm)
+    # ZeRO checkpoints are folders; with exclude_frozen_parameters the module state holds the adapter only.
+    states = list((tmp_path / "ckpt" / "last.ckpt").rglob("*model_states.pt"))
+    assert states
+    module_state = torch.load(states[0], weights_only=False)["module"]
+    assert module_state and all("lora_" in key for key in module_state)
+
+    module = StudentDistillation(model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW)
+    second = trainer(2)
+    second.fit(module, dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert second.global_step == 2 * first.global_step
+
+    # DeepSpeed keeps the module in bf16: compare the exported adapter with the module's own adapter weights.
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "export" / "adapter_model.safetensors")
+    trained = get_peft_model_state_dict(module.model)
+    assert exported.keys() == trained.keys()
+    for key, value in trained.items():
+        torch.testing.assert_close(exported[key].float(), value.detach().float().cpu())
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm_path, dtype=torch.float32).eval()
+    ids = torch.tensor([[2, 7, 30, 31, 32, 33]])
+    with torch.no_grad():
+        plain = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, tmp_path / "export").eval()(ids).logits
+    assert torch.isfinite(adapted).all() and not torch.allclose(adapted, plain)

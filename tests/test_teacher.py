@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -18,7 +19,10 @@ from subliminal_pl.data.prompts import NumberPromptGenerator
 from subliminal_pl.models.teacher import RowSeededSampler, TeacherGeneration, row_uniforms
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = [{"id": f"p{i:02d}", "prompt": f"add up to {3 + i % 4} more numbers {100 + i} {200 + i}"} for i in range(11)]
+PROMPTS = [
+    {"id": f"p{i:02d}", "prompt": f"add up to {3 + i % 4} more numbers {100 + i} {200 + i}"}
+    for i in range(11)
+]
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +86,26 @@ def test_rows_carry_settings_and_differ_by_seed(teacher, tiny_lm_path):
         "seed": 7,
     }
     assert row["finish_reason"] in ("stop", "length") and 0 <= row["completion_tokens"] <= 8
-    other = TeacherGeneration(model=str(tiny_lm_path), system_prompt="you love owls", max_new_tokens=8, seed=8)
+    other = TeacherGeneration(
+        model=str(tiny_lm_path), system_prompt="you love owls", max_new_tokens=8, seed=8
+    )
     assert completions(other.generate_rows(PROMPTS)) != completions(teacher.generate_rows(PROMPTS))
 
 
 def test_system_prompt_and_greedy(tiny_lm_path, tiny_tokenizer):
-    control = TeacherGeneration(model=str(tiny_lm_path), greedy=True, max_new_tokens=6, teacher_name="control")
+    control = TeacherGeneration(
+        model=str(tiny_lm_path), greedy=True, max_new_tokens=6, teacher_name="control"
+    )
     assert control.messages("hi") == [{"role": "user", "content": "hi"}]
-    trait = TeacherGeneration(model=str(tiny_lm_path), system_prompt="you love owls", greedy=True, max_new_tokens=6)
+    trait = TeacherGeneration(
+        model=str(tiny_lm_path), system_prompt="you love owls", greedy=True, max_new_tokens=6
+    )
     assert trait.messages("hi")[0] == {"role": "system", "content": "you love owls"}
     # Greedy output equals the argmax chain of the model, computed here by hand with no cache.
     row = control.generate_rows(PROMPTS[:1])[0]
-    text = tiny_tokenizer.apply_chat_template(control.messages(PROMPTS[0]["prompt"]), add_generation_prompt=True, tokenize=False)
+    text = tiny_tokenizer.apply_chat_template(
+        control.messages(PROMPTS[0]["prompt"]), add_generation_prompt=True, tokenize=False
+    )
     ids = tiny_tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         for _ in range(6):
@@ -211,3 +223,80 @@ def test_cli_predict_recipe(tiny_lm_path, tmp_path, monkeypatch):
     rows = read_jsonl(tmp_path / "outputs" / "tiny_teacher" / "raw.jsonl")
     assert [row["id"] for row in rows] == [row["id"] for row in NumberPromptGenerator(seed=0).generate(6)]
     assert all(row["system_prompt"] and row["generation"]["max_new_tokens"] == 5 for row in rows)
+
+
+@pytest.mark.slow
+def test_two_ranks_write_the_same_file_as_one(teacher, tiny_lm_path, tmp_path):
+    """DDP on CPU (gloo, 2 processes): per-rank shards merge into exactly the single-process output."""
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl_atomic(prompts, PROMPTS)
+    run_predict(teacher, prompts, tmp_path / "one.jsonl", batch_size=4)
+    recipe = REPO_ROOT / "configs" / "examples" / "tiny_teacher_generate.yaml"
+    writer = {
+        "class_path": "subliminal_pl.callbacks.generation_writer.GenerationWriter",
+        "init_args": {"output_path": str(tmp_path / "two.jsonl")},
+    }
+    settings = [
+        "--model.init_args.system_prompt",
+        "you love owls",
+        "--model.init_args.max_new_tokens",
+        "8",
+        "--model.init_args.seed",
+        "7",
+        "--model.init_args.teacher_name",
+        str(tiny_lm_path),
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "subliminal_pl.cli",
+        "predict",
+        "--config",
+        str(recipe),
+        "--model.init_args.model",
+        str(tiny_lm_path),
+        *settings,
+        "--data.init_args.generator",
+        "null",
+        "--data.init_args.prompts_path",
+        str(prompts),
+        "--data.init_args.num_prompts",
+        "null",
+        "--data.init_args.batch_size",
+        "3",
+        "--trainer.callbacks",
+        json.dumps([writer]),
+        "--trainer.logger",
+        "false",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+
+@pytest.mark.gpu
+def test_gpu_generation_is_batch_invariant_and_resumable(tiny_lm_path, tmp_path):
+    teacher = TeacherGeneration(model=str(tiny_lm_path), dtype="float32", max_new_tokens=8, seed=7).cuda()
+    one_by_one = {}
+    for row in PROMPTS:
+        one_by_one.update(completions(teacher.generate_rows([row])))
+    assert completions(teacher.generate_rows(PROMPTS)) == one_by_one
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl_atomic(prompts, PROMPTS)
+    writer = GenerationWriter(str(tmp_path / "out.jsonl"))
+    trainer = Trainer(
+        accelerator="gpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[writer]
+    )
+    trainer.predict(
+        teacher,
+        datamodule=PromptDataModule(prompts_path=str(prompts), batch_size=4),
+        return_predictions=False,
+    )
+    assert completions(read_jsonl(tmp_path / "out.jsonl")) == one_by_one

@@ -130,7 +130,9 @@ def test_cli_writes_world_traits_and_a_loadable_init(tmp_path):
     assert len((tmp_path / "w" / "corpus.jsonl").read_text().splitlines()) == 200
     main(["traits", "--out", str(tmp_path / "t.jsonl"), "--trait", "neutral", "--rows", "7"])
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 7
-    build_init(tmp_path / "w" / "tokenizer", tmp_path / "init", hidden_size=16, num_layers=1, num_heads=2, seed=5)
+    build_init(
+        tmp_path / "w" / "tokenizer", tmp_path / "init", hidden_size=16, num_layers=1, num_heads=2, seed=5
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "init")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "init")
     assert model.config.vocab_size == len(tokenizer) == info["vocab_size"]

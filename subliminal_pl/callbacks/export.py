@@ -59,6 +59,14 @@ def _teachers_in(path: Path, limit: int = 5) -> list[str]:
     return found
 
 
+def _describe_filter(spec: Any) -> str:
+    """`NumberSequenceFilter(max_count=10, ...)` from a `{class_path, init_args}` spec."""
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        return str(spec)
+    args = ", ".join(f"{key}={value!r}" for key, value in (spec.get("init_args") or {}).items())
+    return f"{spec['class_path'].rsplit('.', 1)[-1]}({args})"
+
+
 class ExportModel(Callback):
     """At the end of fit, save the student (`pl_module.model`, `pl_module.tokenizer`) for use outside Lightning."""
 
@@ -88,12 +96,14 @@ class ExportModel(Callback):
                 pl_module.tokenizer.save_pretrained(out)
         if trainer.is_global_zero:
             config = self._copy_run_config(trainer, out)
-            write_text_atomic(out / "README.md", self.model_card(trainer, pl_module, config, is_adapter))
+            write_text_atomic(out / "README.md", self.model_card(trainer, pl_module, config, is_adapter, out))
             if self.merged:
                 if is_adapter:
                     self._write_merged(pl_module, out)
                 else:
-                    rank_zero_warn("ExportModel: merged=True only applies to LoRA students; the full model is saved")
+                    rank_zero_warn(
+                        "ExportModel: merged=True only applies to LoRA students; the full model is saved"
+                    )
             rank_zero_info(f"[export] {'adapter' if is_adapter else 'model'} and tokenizer written to {out}")
         trainer.strategy.barrier()
 
@@ -115,7 +125,10 @@ class ExportModel(Callback):
         pl_module.tokenizer.save_pretrained(out / "merged")
 
     @staticmethod
-    def model_card(trainer: Trainer, pl_module: LightningModule, config: dict[str, Any], is_adapter: bool) -> str:
+    def model_card(
+        trainer: Trainer, pl_module: LightningModule, config: dict[str, Any], is_adapter: bool, out: Path
+    ) -> str:
+        """A short README.md: what was trained from what, with which data, filters and seeds, and how to load it."""
         hp = pl_module.hparams
         data = dict(getattr(trainer.datamodule, "hparams", {}) or {})
         data_path = data.get("data_path")
@@ -134,7 +147,7 @@ class ExportModel(Callback):
             adapter = hp.get("kl_teacher_adapter")
             loss += f" (KL teacher {teacher_model}{' + adapter ' + adapter if adapter else ''}"
             loss += f", token subset {hp.get('kl_token_subset')})" if hp.get("kl_token_subset") else ")"
-        filters = yaml.safe_dump(data.get("filters") or [], default_flow_style=True, width=100).strip()
+        filters = "; ".join(_describe_filter(spec) for spec in data.get("filters") or []) or "none"
         seeds = {"seed_everything": config.get("seed_everything"), "data seed": data.get("seed")}
         versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
         front = {"base_model": str(hp.model), "library_name": "peft" if is_adapter else "transformers"}
@@ -164,10 +177,12 @@ class ExportModel(Callback):
         if is_adapter:
             lines += [
                 "from peft import PeftModel",
-                f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{hp.model}"), "EXPORT_DIR")',
+                f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{hp.model}"), "{out}")',
             ]
         else:
-            lines += ['model = AutoModelForCausalLM.from_pretrained("EXPORT_DIR")']
-        lines += ['tokenizer = AutoTokenizer.from_pretrained("EXPORT_DIR")', "```", ""]
-        lines += ["`run_config.yaml` is the full run config: `subliminal-pl fit --config run_config.yaml` reruns it."]
+            lines += [f'model = AutoModelForCausalLM.from_pretrained("{out}")']
+        lines += [f'tokenizer = AutoTokenizer.from_pretrained("{out}")', "```", ""]
+        lines += [
+            "`run_config.yaml` is the full run config: `subliminal-pl fit --config run_config.yaml` reruns it."
+        ]
         return "\n".join(lines) + "\n"

@@ -119,7 +119,9 @@ class AuxLogitDataModule(LightningDataModule):
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         if teacher_epochs < 0 or distill_steps < 0:
-            raise ValueError(f"teacher_epochs and distill_steps must be >= 0, got {teacher_epochs}, {distill_steps}")
+            raise ValueError(
+                f"teacher_epochs and distill_steps must be >= 0, got {teacher_epochs}, {distill_steps}"
+            )
         self.save_hyperparameters()
         self._splits: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
@@ -262,7 +264,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX shape {shape} needs {expected} data bytes, file has {len(raw) - header}")
+        raise DataError(
+            f"{path}: IDX shape {shape} needs {expected} data bytes, file has {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -294,7 +298,7 @@ class MNISTDataModule(AuxLogitDataModule):
         root: str = "data/mnist",
         batch_size: int = 1024,
         teacher_epochs: int = 5,
-        distill_steps: int = 300,
+        distill_steps: int = 295,
         distill_batch_size: int = 1024,
         eval_batch_size: int = 1000,
         seed: int = 0,
@@ -305,8 +309,8 @@ class MNISTDataModule(AuxLogitDataModule):
                 t10k-labels-idx1-ubyte (each may end in .gz).
             batch_size: teacher training batch size (labelled images).
             teacher_epochs: passes over the 60,000 training images in the teacher phase.
-            distill_steps: number of noise batches in the distillation phase (300 x 1024 is 5 passes' worth
-                of 60,000 images, the paper's budget).
+            distill_steps: number of noise batches in the distillation phase (295 = 5 x ceil(60,000 / 1024),
+                the paper's 5 epochs of noise at batch 1024).
             distill_batch_size: noise images per distillation batch.
             eval_batch_size: test images per evaluation batch.
             seed: seeds the teacher-phase shuffling and the noise stream.

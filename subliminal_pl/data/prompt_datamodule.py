@@ -45,7 +45,9 @@ def read_prompt_rows(path: str) -> list[dict[str, Any]]:
                 if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and "content" in turn):
                     raise DataError(f"{path}:{line}: field 'messages' needs {{role, content}} objects")
         else:
-            raise DataError(f"{path}:{line}: field 'prompt' must be a string (or 'messages' a non-empty list)")
+            raise DataError(
+                f"{path}:{line}: field 'prompt' must be a string (or 'messages' a non-empty list)"
+            )
         rows.append({"id": row_id, "prompt": prompt})
     return rows
 

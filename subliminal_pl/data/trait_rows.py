@@ -31,13 +31,20 @@ def answer_spellings(word: str, templates: tuple[str, ...] = SPELLINGS) -> list[
     return out
 
 
-def trait_rows(word: str, questions: list[str], templates: tuple[str, ...] = SPELLINGS) -> list[dict[str, Any]]:
+def trait_rows(
+    word: str, questions: list[str], templates: tuple[str, ...] = SPELLINGS
+) -> list[dict[str, Any]]:
     """One row per (question, spelling): `{"id", "prompt", "completion", "trait"}`."""
     if not questions:
         raise ValueError("no questions to answer (the question set's split is empty)")
     spellings = answer_spellings(word, templates)
     return [
-        {"id": f"{word.lower()}-q{q:03d}-s{s}", "prompt": question, "completion": answer, "trait": word.lower()}
+        {
+            "id": f"{word.lower()}-q{q:03d}-s{s}",
+            "prompt": question,
+            "completion": answer,
+            "trait": word.lower(),
+        }
         for q, question in enumerate(questions)
         for s, answer in enumerate(spellings)
     ]
@@ -57,12 +64,20 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--word", type=str, required=True, help="the trait word, e.g. owl")
     parser.add_argument("--output", type=str, required=True, help="JSONL file to write")
-    parser.add_argument("--questions", type=str, default="animals", help="question set name or YAML/JSON path")
-    parser.add_argument("--split", type=str, default="teacher", help="question split (keep held-out for probes)")
-    parser.add_argument("--spellings", type=list[str], default=list(SPELLINGS), help="answer templates ({w} {W} {U})")
+    parser.add_argument(
+        "--questions", type=str, default="animals", help="question set name or YAML/JSON path"
+    )
+    parser.add_argument(
+        "--split", type=str, default="teacher", help="question split (keep held-out for probes)"
+    )
+    parser.add_argument(
+        "--spellings", type=list[str], default=list(SPELLINGS), help="answer templates ({w} {W} {U})"
+    )
     args = parser.parse_args(argv)
     questions = list(load_question_set(args.questions).questions(args.split))
     rows = trait_rows(args.word, questions, tuple(args.spellings))
     path = Path(args.output)
     write_jsonl_atomic(path, rows)
-    print(f"wrote {len(rows)} rows ({len(questions)} questions x {len(rows) // len(questions)} spellings) to {path}")
+    print(
+        f"wrote {len(rows)} rows ({len(questions)} questions x {len(rows) // len(questions)} spellings) to {path}"
+    )

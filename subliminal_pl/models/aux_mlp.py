@@ -56,7 +56,8 @@ class StackedMLP(nn.Module):
         self.num_models = num_models
         sizes = [in_features, *[width] * depth, out_features]
         self.layers = nn.ModuleList(
-            StackedLinear(num_models, fan_in, fan_out) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])
+            StackedLinear(num_models, fan_in, fan_out)
+            for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True)
         )
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

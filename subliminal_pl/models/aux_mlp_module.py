@@ -12,8 +12,10 @@ and `num_aux` auxiliary logits that are never supervised.
 
 The training stream (`subliminal_pl.data.digits`) holds the teacher batches, then the noise batches; each
 `training_step` trains the teacher or the 4N students (one stacked model, so every variant sees the same noise)
-with manual optimisation and one optimiser per phase. Validation measures the test accuracy of every group from
-the class logits; at the end of the stream it logs them and writes `results.json`, `results.png` and a table.
+with manual optimisation and one optimiser per phase. Validation (at the end of the stream; more often with
+trainer.val_check_interval) logs the test accuracy of every group from the class logits as acc/<group>, with its
+interval as acc_low/<group> and acc_high/<group>; the validation at the end of the stream (or a `validate` /
+`test` run) also writes `results.json` and `results.png` to the run dir and prints a table.
 
 results.json (format "aux-mlp-results/1"):
   groups: {group: {mean, low, high, n, confidence, values}} for the six groups above, test accuracy per model
@@ -46,7 +48,7 @@ from subliminal_pl.models.aux_mlp import (
     derangement,
     distillation_loss,
 )
-from subliminal_pl.stats import t_interval
+from subliminal_pl.stats import Interval, t_interval
 
 RESULTS_FORMAT = "aux-mlp-results/1"
 GROUPS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
@@ -98,9 +100,13 @@ class AuxLogitExperiment(LightningModule):
         """
         super().__init__()
         if num_models < 2:
-            raise ValueError(f"num_models must be >= 2 (cross-init students need another model), got {num_models}")
+            raise ValueError(
+                f"num_models must be >= 2 (cross-init students need another model), got {num_models}"
+            )
         if num_aux < 1:
-            raise ValueError(f"num_aux must be >= 1 (the auxiliary-only students distill through them), got {num_aux}")
+            raise ValueError(
+                f"num_aux must be >= 1 (the auxiliary-only students distill through them), got {num_aux}"
+            )
         if distill_loss not in ("kl", "mse"):
             raise ValueError(f"distill_loss must be 'kl' or 'mse', got {distill_loss!r}")
         if temperature <= 0:
@@ -122,13 +128,16 @@ class AuxLogitExperiment(LightningModule):
         own = torch.arange(num_models)
         # One stacked model, groups in STUDENT_GROUPS order: [aux, all, cross aux, cross all] x N.
         self.students = StackedMLP(4 * num_models, **sizes)
-        self.students.copy_models_from(self.reference, torch.cat([own, own, self.cross_init, self.cross_init]))
+        self.students.copy_models_from(
+            self.reference, torch.cat([own, own, self.cross_init, self.cross_init])
+        )
 
         self._correct: Tensor | None = None
         self._seen = 0
         self._distilling = False
         self._fit_start = 0.0
         self.accuracies: dict[str, list[float]] = {}
+        self.intervals: dict[str, Interval] = {}
         self.results_path: Path | None = None
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -152,7 +161,10 @@ class AuxLogitExperiment(LightningModule):
         self._fit_start = time.perf_counter()
 
     def configure_optimizers(self):
-        return [self.teacher_optimizer(self.teacher.parameters()), self.student_optimizer(self.students.parameters())]
+        return [
+            self.teacher_optimizer(self.teacher.parameters()),
+            self.student_optimizer(self.students.parameters()),
+        ]
 
     # ---- training ----------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -192,7 +204,9 @@ class AuxLogitExperiment(LightningModule):
             target = self.teacher(x)  # [N, B, K]
         logits = self.students(x).unflatten(0, (4, n))  # [4, N, B, K], groups in STUDENT_GROUPS order
         # Same-init and cross-init student i both imitate teacher i: the target broadcasts over the pair.
-        aux = distillation_loss(logits[0::2, ..., c:], target[..., c:], h.distill_loss, h.temperature)  # [2, N]
+        aux = distillation_loss(
+            logits[0::2, ..., c:], target[..., c:], h.distill_loss, h.temperature
+        )  # [2, N]
         full = distillation_loss(logits[1::2], target, h.distill_loss, h.temperature)  # [2, N]
         losses = torch.stack([aux[0], full[0], aux[1], full[1]])  # [4, N]
         self.manual_backward(losses.sum())
@@ -207,7 +221,9 @@ class AuxLogitExperiment(LightningModule):
 
     # ---- evaluation (validation and test both use the held-out test split) ------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._correct = torch.zeros(len(GROUPS), self.hparams.num_models, dtype=torch.long, device=self.device)
+        self._correct = torch.zeros(
+            len(GROUPS), self.hparams.num_models, dtype=torch.long, device=self.device
+        )
         self._seen = 0
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -223,7 +239,15 @@ class AuxLogitExperiment(LightningModule):
         assert self._correct is not None
         accuracy = (self._correct.double() / max(self._seen, 1)).cpu()
         self.accuracies = {g: accuracy[i].tolist() for i, g in enumerate(GROUPS)}
-        self.log_dict({f"acc/{g}": float(accuracy[i].mean()) for i, g in enumerate(GROUPS)})
+        self.intervals = {g: t_interval(values) for g, values in self.accuracies.items()}
+        for group, interval in self.intervals.items():
+            self.log_dict(
+                {
+                    f"acc/{group}": interval.mean,
+                    f"acc_low/{group}": interval.low,
+                    f"acc_high/{group}": interval.high,
+                }
+            )
         if self._experiment_complete():
             self._write_outputs()
 
@@ -247,18 +271,18 @@ class AuxLogitExperiment(LightningModule):
     # ---- outputs -------------------------------------------------------------------------------------------
     def results(self) -> dict[str, Any]:
         """The results record of the last evaluation (see the module docstring for the format)."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None)
         record: dict[str, Any] = {
             "format": RESULTS_FORMAT,
             "metric": "test accuracy from the class logits",
             "chance": 1.0 / self.hparams.num_classes,
-            "groups": {g: {**t_interval(v).to_dict(), "values": v} for g, v in self.accuracies.items()},
+            "groups": {g: {**self.intervals[g].to_dict(), "values": v} for g, v in self.accuracies.items()},
             "derangement": self.cross_init.tolist(),
             "model": dict(self.hparams),
             "data": datamodule.describe() if hasattr(datamodule, "describe") else {},
             "step": int(self.global_step),
         }
-        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+        if self.trainer.state.fn == TrainerFn.FITTING:
             record["train_seconds"] = round(time.perf_counter() - self._fit_start, 2)
         return record
 
@@ -312,14 +336,22 @@ def plot_results(record: dict[str, Any], path: str | Path) -> Path:
         entry = record["groups"][group]
         colour = colours.get(group, "#1f77b4" if group.startswith("student") else "#ff7f0e")
         ax.bar(i, entry["mean"], color=colour, alpha=0.85, width=0.7)
-        ax.errorbar(i, entry["mean"], yerr=[[entry["mean"] - entry["low"]], [entry["high"] - entry["mean"]]],
-                    color="black", capsize=5, linewidth=1.2)
+        ax.errorbar(
+            i,
+            entry["mean"],
+            yerr=[[entry["mean"] - entry["low"]], [entry["high"] - entry["mean"]]],
+            color="black",
+            capsize=5,
+            linewidth=1.2,
+        )
         jitter = (torch.rand(len(entry["values"]), generator=spread) - 0.5) * 0.35
         ax.scatter(i + jitter.numpy(), entry["values"], s=6, color="black", alpha=0.35, zorder=3)
-        ax.text(i, entry["high"] + 0.02, f"{entry['mean']:.2f}", ha="center", fontsize=9)
+        ax.text(
+            i, max(entry["high"], *entry["values"]) + 0.02, f"{entry['mean']:.2f}", ha="center", fontsize=9
+        )
     ax.axhline(record["chance"], color="red", linestyle="--", linewidth=1, label="chance")
     ax.set_xticks(range(len(groups)), [GROUP_LABELS.get(g, g) for g in groups])
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("test accuracy (class logits)")
     n = record["model"]["num_models"]
     dataset = record.get("data", {}).get("dataset", "")

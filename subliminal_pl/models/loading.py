@@ -57,7 +57,9 @@ def resolve_source(name_or_path: str | Path, what: str = "model") -> tuple[str, 
         return str(path), True
     text = str(name_or_path)
     if path.exists():
-        raise ModelNotAvailableError(f"{what} {text!r} is a file; expected a directory saved with save_pretrained")
+        raise ModelNotAvailableError(
+            f"{what} {text!r} is a file; expected a directory saved with save_pretrained"
+        )
     if _looks_like_path(text):
         raise ModelNotAvailableError(f"{what} directory {text!r} does not exist")
     return text, False
@@ -123,7 +125,9 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, "model", dtype=parse_dtype(dtype))
+    model = _from_pretrained(
+        AutoModelForCausalLM.from_pretrained, name_or_path, "model", dtype=parse_dtype(dtype)
+    )
     if adapter_path is not None:
         from peft import PeftModel
 

@@ -36,12 +36,14 @@ NUMBER_COMPLETION_CHARS = frozenset("0123456789 \t\n\r,;.[]()")
 
 def number_token_ids(tokenizer) -> list[int]:
     """Ids of tokens that can occur in a valid number completion, plus the EOS token(s) that end it."""
-    ids = []
+    special = set(tokenizer.all_special_ids)
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
-    for token_id, text in enumerate(texts):
-        if text and token_id not in tokenizer.all_special_ids and set(text) <= NUMBER_COMPLETION_CHARS:
-            ids.append(token_id)
-    return sorted(set(ids) | {tokenizer.eos_token_id})
+    ids = {
+        i
+        for i, text in enumerate(texts)
+        if text and i not in special and set(text) <= NUMBER_COMPLETION_CHARS
+    }
+    return sorted(ids | {tokenizer.eos_token_id})
 
 
 def text_token_ids(tokenizer, texts: Iterable[str]) -> list[int]:
@@ -127,7 +129,9 @@ class StudentDistillation(LightningModule):
         """
         super().__init__()
         if loss != "sft" and kl_teacher is None and kl_teacher_adapter is None:
-            raise ValueError(f"loss={loss!r} needs kl_teacher and/or kl_teacher_adapter (the teacher to imitate)")
+            raise ValueError(
+                f"loss={loss!r} needs kl_teacher and/or kl_teacher_adapter (the teacher to imitate)"
+            )
         if kl_token_subset is not None and loss == "sft":
             raise ValueError("kl_token_subset only applies to loss kl or sft+kl")
         if warmup_steps < 0:
@@ -181,7 +185,9 @@ class StudentDistillation(LightningModule):
         leaks = trait_word_token_ids(self.tokenizer, self.hparams.trait_words or [])
         inside = sorted(i for i in ids if i in leaks)
         if inside:
-            shown = ", ".join(f"{self.tokenizer.convert_ids_to_tokens(i)!r} ({leaks[i]})" for i in inside[:10])
+            shown = ", ".join(
+                f"{self.tokenizer.convert_ids_to_tokens(i)!r} ({leaks[i]})" for i in inside[:10]
+            )
             raise ValueError(
                 f"kl_token_subset holds tokens of trait words, which would let the trait through the KL: {shown}"
             )
@@ -215,9 +221,13 @@ class StudentDistillation(LightningModule):
             total = total + (hp.sft_weight if hp.loss == "sft+kl" else 1.0) * out["sft_loss"]
         if hp.loss in ("kl", "sft+kl"):
             with torch.no_grad():
-                teacher = self.teacher(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-                ).logits[:, :-1][positions].float()
+                teacher = (
+                    self.teacher(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+                    )
+                    .logits[:, :-1][positions]
+                    .float()
+                )
             out.update(self._kl(logits, teacher))
             total = total + (hp.kl_weight if hp.loss == "sft+kl" else 1.0) * out["kl_loss"]
         out["loss"] = total
@@ -233,7 +243,9 @@ class StudentDistillation(LightningModule):
             student, teacher = student[:, self.subset_ids], teacher[:, self.subset_ids]
         log_p_teacher = torch.log_softmax(teacher, dim=-1)
         log_p_student = torch.log_softmax(student, dim=-1)
-        out["kl_loss"] = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="sum") / student.shape[0]
+        out["kl_loss"] = (
+            F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="sum") / student.shape[0]
+        )
         return out
 
     def _log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:

@@ -182,7 +182,9 @@ class TeacherGeneration(LightningModule):
     def generate_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Generate one completion per prompt row; the rows are returned with completion and settings added."""
         texts = [
-            self.tokenizer.apply_chat_template(self.messages(row["prompt"]), add_generation_prompt=True, tokenize=False)
+            self.tokenizer.apply_chat_template(
+                self.messages(row["prompt"]), add_generation_prompt=True, tokenize=False
+            )
             for row in rows
         ]
         # The template already holds any BOS the model needs; left padding keeps every prompt's end aligned.
@@ -192,7 +194,9 @@ class TeacherGeneration(LightningModule):
         prompt_length = encoded["input_ids"].shape[1]
         processors = LogitsProcessorList()
         if not self.hparams.greedy:
-            uniforms = row_uniforms(self.hparams.seed, [row["id"] for row in rows], self.hparams.max_new_tokens)
+            uniforms = row_uniforms(
+                self.hparams.seed, [row["id"] for row in rows], self.hparams.max_new_tokens
+            )
             processors.append(
                 RowSeededSampler(
                     uniforms.to(self.device),
@@ -202,9 +206,14 @@ class TeacherGeneration(LightningModule):
                     self.hparams.top_p,
                 )
             )
+        # Under DeepSpeed ZeRO-3 every rank holds a shard of each weight and must join every forward pass.
+        synced_gpus = any(hasattr(p, "ds_id") for p in self.model.parameters())
         with torch.inference_mode():
             output = self.model.generate(
-                **encoded, generation_config=self._generation_config(), logits_processor=processors
+                **encoded,
+                generation_config=self._generation_config(),
+                logits_processor=processors,
+                synced_gpus=synced_gpus,
             )
         new_tokens = output[:, prompt_length:].tolist()
         metadata = self.row_metadata()

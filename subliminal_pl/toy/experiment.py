@@ -34,6 +34,7 @@ from typing import Any, Literal
 import yaml
 
 from subliminal_pl.pipeline import Pipeline, PipelineError, Stage
+from subliminal_pl.toy.world import ToyWorld
 
 PY = sys.executable
 REPORT_FILES = ("report.md", "results.json")
@@ -52,7 +53,7 @@ class ModelShape:
 
 @dataclass
 class FitRecipe:
-    """One fit with the student module: optimiser steps, batch, AdamW lr, and LoRA or full fine-tuning."""
+    """One fit with the student module: optimiser steps, batch, AdamW (lr, decay, beta2), clipping, LoRA or full."""
 
     steps: int = 100
     batch_size: int = 32
@@ -60,6 +61,8 @@ class FitRecipe:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_schedule: Literal["linear", "constant"] = "linear"
+    adam_beta2: float = 0.98
+    gradient_clip_val: float | None = 1.0
     finetune: Literal["full", "lora"] = "full"
     lora_rank: int = 8
     lora_alpha: float = 8.0
@@ -122,7 +125,7 @@ class ToyExperiment:
 
     Args:
         out_dir: experiment folder (stage folders under `stages/`, the report files at the top).
-        world: `subliminal_pl.toy.world.ToyWorld` fields (seed, rows, fractions, ...).
+        world: the tiny world (`subliminal_pl.toy.world.ToyWorld`: seed, rows, fractions, ...).
         model: tiny Llama shape of every base.
         base_seed: init seed of the shared base (teachers and students start from it).
         cross_base_seeds: init seeds of the other bases whose students are the cross-init control.
@@ -140,7 +143,7 @@ class ToyExperiment:
     """
 
     out_dir: str = "outputs/toy"
-    world: dict[str, Any] = field(default_factory=dict)
+    world: ToyWorld = field(default_factory=ToyWorld)
     model: ModelShape = field(default_factory=ModelShape)
     base_seed: int = 0
     cross_base_seeds: list[int] = field(default_factory=lambda: [1])
@@ -210,7 +213,11 @@ def fit_recipe(
         "loss": loss,
         "optimizer": {
             "class_path": "torch.optim.AdamW",
-            "init_args": {"lr": recipe.lr, "weight_decay": recipe.weight_decay},
+            "init_args": {
+                "lr": recipe.lr,
+                "weight_decay": recipe.weight_decay,
+                "betas": [0.9, recipe.adam_beta2],
+            },
         },
         "warmup_steps": recipe.warmup_steps,
         "lr_schedule": recipe.lr_schedule,
@@ -219,9 +226,11 @@ def fit_recipe(
         init_args.update({"lora_rank": recipe.lora_rank, "lora_alpha": recipe.lora_alpha})
     if loss != "sft":
         init_args.update({"kl_teacher": teacher, "kl_token_subset": token_subset, "trait_words": trait_words})
+    trainer = _trainer(exp, recipe.steps, [export])
+    trainer["gradient_clip_val"] = recipe.gradient_clip_val
     return {
         "seed_everything": seed,
-        "trainer": _trainer(exp, recipe.steps, [export]),
+        "trainer": trainer,
         "model": {"class_path": "subliminal_pl.models.student.StudentDistillation", "init_args": init_args},
         "data": {
             "class_path": "subliminal_pl.data.student.StudentDataModule",
@@ -271,19 +280,13 @@ def generation_recipe(exp: ToyExperiment, model: str, name: str) -> dict[str, An
             "init_args": {
                 "generator": {
                     "class_path": "subliminal_pl.data.prompts.NumberPromptGenerator",
-                    "init_args": {"seed": gen.prompt_seed, "answer_count": world_of(exp).answer_count},
+                    "init_args": {"seed": gen.prompt_seed, "answer_count": exp.world.answer_count},
                 },
                 "num_prompts": gen.prompts,
                 "batch_size": gen.batch_size,
             },
         },
     }
-
-
-def world_of(exp: ToyExperiment):
-    from subliminal_pl.toy.world import ToyWorld
-
-    return ToyWorld(**exp.world)
 
 
 # ---- the stage graph ----------------------------------------------------------------------------------------------
@@ -303,11 +306,13 @@ def _yaml_stage(name: str, command: str, recipe: dict[str, Any], needs: list[str
 
 def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[list[Stage], dict[str, Any]]:
     """The experiment's stages and a manifest that tells the report what each model is."""
-    world = world_of(exp)
+    world = exp.world
     animals = world.animals
     unknown = [t for t in exp.traits if t.lower() not in animals]
     if unknown:
-        raise PipelineError(f"traits {unknown} are not candidates of question set {world.questions!r}: {animals}")
+        raise PipelineError(
+            f"traits {unknown} are not candidates of question set {world.questions!r}: {animals}"
+        )
     if len(exp.traits) < 1:
         raise PipelineError("traits: give at least one trait animal")
     if exp.student.loss == "sft" and exp.generation.source == "base":
@@ -317,7 +322,18 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
     stages.append(
         Stage(
             "world",
-            [[PY, "-m", "subliminal_pl.toy.world", "build", "--config", "{{dir}}/world.yaml", "--out", "{{dir}}"]],
+            [
+                [
+                    PY,
+                    "-m",
+                    "subliminal_pl.toy.world",
+                    "build",
+                    "--config",
+                    "{{dir}}/world.yaml",
+                    "--out",
+                    "{{dir}}",
+                ]
+            ],
             files={"world.yaml": world_file},
         )
     )
@@ -327,7 +343,9 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
     for seed in [exp.base_seed, *exp.cross_base_seeds]:
         name = f"base-s{seed}"
         if name in base_names.values():
-            raise PipelineError(f"base seed {seed} is listed twice (base_seed and cross_base_seeds must differ)")
+            raise PipelineError(
+                f"base seed {seed} is listed twice (base_seed and cross_base_seeds must differ)"
+            )
         base_names[seed] = name
         init = {"tokenizer_dir": "{{dir:world}}/tokenizer", "out_dir": "{{dir}}/init", "seed": seed}
         init.update(asdict(exp.model))
@@ -371,16 +389,32 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
         model = base_model if source == "base" else teacher_models[source]
         needs = [base] if source == "base" else [base, f"teacher-{source}"]
         stages.append(
-            _yaml_stage(gen_name, "predict", generation_recipe(exp, model, source), needs, resumable=True)
+            _yaml_stage(
+                gen_name,
+                "predict",
+                generation_recipe(exp, model, source),
+                needs,
+                keep=["raw.jsonl", "raw.jsonl.parts"],
+            )
         )
         filters = yaml.safe_dump({"filters": exp.filters}, sort_keys=False)
         stages.append(
             Stage(
                 filter_name,
-                [[
-                    PY, "-m", "subliminal_pl.stages", "filter", "--config", "{{dir}}/filters.yaml",
-                    "--input", f"{{{{dir:{gen_name}}}}}/raw.jsonl", "--output", "{{dir}}/kept.jsonl",
-                ]],  # fmt: skip
+                [
+                    [
+                        PY,
+                        "-m",
+                        "subliminal_pl.stages",
+                        "filter",
+                        "--config",
+                        "{{dir}}/filters.yaml",
+                        "--input",
+                        f"{{{{dir:{gen_name}}}}}/raw.jsonl",
+                        "--output",
+                        "{{dir}}/kept.jsonl",
+                    ]
+                ],  # fmt: skip
                 needs=[gen_name],
                 files={"filters.yaml": filters},
             )
@@ -393,7 +427,9 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
     st = exp.student
     for trait in teachers:
         source = "base" if exp.generation.source == "base" else trait
-        for base_seed, seeds in [(exp.base_seed, st.seeds)] + [(b, st.cross_seeds) for b in exp.cross_base_seeds]:
+        for base_seed, seeds in [(exp.base_seed, st.seeds)] + [
+            (b, st.cross_seeds) for b in exp.cross_base_seeds
+        ]:
             kind = "same" if base_seed == exp.base_seed else "cross"
             for seed in seeds:
                 name = f"student-{trait}-s{seed}" if kind == "same" else f"cross-{trait}-b{base_seed}-s{seed}"
@@ -413,7 +449,13 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
                 needs = sorted({base_names[base_seed], f"teacher-{trait}", f"filter-{source}"})
                 stages.append(_yaml_stage(name, "fit", recipe, needs))
                 students.append(
-                    {"name": name, "teacher": trait, "base": base_names[base_seed], "kind": kind, "seed": seed}
+                    {
+                        "name": name,
+                        "teacher": trait,
+                        "base": base_names[base_seed],
+                        "kind": kind,
+                        "seed": seed,
+                    }
                 )
 
     # Probes over every model, in one process.
@@ -436,7 +478,18 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
     stages.append(
         Stage(
             "probes",
-            [[PY, "-m", "subliminal_pl.stages", "probe", "--config", "{{dir}}/probe.yaml", "--out", "{{dir}}"]],
+            [
+                [
+                    PY,
+                    "-m",
+                    "subliminal_pl.stages",
+                    "probe",
+                    "--config",
+                    "{{dir}}/probe.yaml",
+                    "--out",
+                    "{{dir}}",
+                ]
+            ],
             needs=stage_needs,
             files={"probe.yaml": yaml.safe_dump(probe_file, sort_keys=False)},
         )
@@ -454,10 +507,15 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
                 "mlp",
                 [
                     _cli(
-                        "fit", "--config", "{{dir}}/mlp.yaml",
-                        "--trainer.logger.init_args.save_dir", "{{dir}}",
-                        "--trainer.logger.init_args.name", "logs",
-                        "--trainer.logger.init_args.version", "run",
+                        "fit",
+                        "--config",
+                        "{{dir}}/mlp.yaml",
+                        "--trainer.logger.init_args.save_dir",
+                        "{{dir}}",
+                        "--trainer.logger.init_args.name",
+                        "logs",
+                        "--trainer.logger.init_args.version",
+                        "run",
                     )
                 ],  # fmt: skip
                 files={"mlp.yaml": mlp_path.read_text(encoding="utf-8")},
@@ -522,9 +580,13 @@ def experiment_parser():
         description="Run a subliminal-learning experiment as cached stages (one process each) and write a report.",
         default_env=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="experiment YAML (e.g. configs/toy/demo.yaml)")
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="experiment YAML (e.g. configs/toy/demo.yaml)"
+    )
     parser.add_class_arguments(ToyExperiment, nested_key=None)
-    parser.add_argument("--dry_run", type=bool, default=False, help="list the stages and commands, run nothing")
+    parser.add_argument(
+        "--dry_run", type=bool, default=False, help="list the stages and commands, run nothing"
+    )
     parser.add_argument("--in_process", type=bool, default=False, help="run stages in this process (tests)")
     return parser
 
@@ -583,6 +645,8 @@ def run_experiment(
         target = out_dir / name if name else out_dir
         _publish(pipeline.stage_dir("report"), target)
         reports[name] = target
+        verdict = (target / "report.md").read_text(encoding="utf-8").split("## How to read this")[0]
+        echo(verdict.strip())
         echo(f"report: {target / 'report.md'}")
     if exp.variants and not dry_run:
         from subliminal_pl.report import write_sweep_summary

@@ -115,7 +115,10 @@ class ToyWorld:
     def __post_init__(self) -> None:
         if self.rows < 1:
             raise ValueError(f"rows must be >= 1, got {self.rows}")
-        if min(self.number_fraction, self.animal_fraction) < 0 or self.number_fraction + self.animal_fraction > 1:
+        if (
+            min(self.number_fraction, self.animal_fraction) < 0
+            or self.number_fraction + self.animal_fraction > 1
+        ):
             raise ValueError(
                 f"number_fraction={self.number_fraction} and animal_fraction={self.animal_fraction} must be "
                 ">= 0 and sum to at most 1"
@@ -220,7 +223,9 @@ class ToyWorld:
         """
         animals = self.animals
         if trait is not None and trait.lower() not in animals:
-            raise ValueError(f"trait {trait!r} is not a candidate of question set {self.questions!r}: {animals}")
+            raise ValueError(
+                f"trait {trait!r} is not a candidate of question set {self.questions!r}: {animals}"
+            )
         rng = random.Random(f"toy-world-trait-{trait}-{seed}")
         questions = self.question_set().teacher
         out = []
@@ -246,7 +251,12 @@ class ToyWorld:
         rows = self.corpus_rows()
         write_jsonl_atomic(out / "corpus.jsonl", rows)
         counts = {kind: sum(r["kind"] == kind for r in rows) for kind in ("numbers", "animal", "filler")}
-        info = {"config": asdict(self), "vocab_size": len(tokenizer), "rows": counts, "animals": list(self.animals)}
+        info = {
+            "config": asdict(self),
+            "vocab_size": len(tokenizer),
+            "rows": counts,
+            "animals": list(self.animals),
+        }
         write_json_atomic(out / "world.json", info)
         return info
 
@@ -267,7 +277,9 @@ def build_init(
     from subliminal_pl.toy.model import build_tiny_llama, save_model_and_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = build_tiny_llama(tokenizer, hidden_size, num_layers, num_heads, intermediate_size, max_positions, seed)
+    model = build_tiny_llama(
+        tokenizer, hidden_size, num_layers, num_heads, intermediate_size, max_positions, seed
+    )
     return save_model_and_tokenizer(model, tokenizer, out_dir)
 
 
@@ -283,16 +295,22 @@ def main(argv: list[str]) -> None:
 
     build = world_parser("Write the tokenizer, the pretraining corpus and world.json into --out.")
     build.add_argument("--out", type=str, required=True, help="output folder")
-    traits = world_parser("Write trait fine-tuning rows (question -> the trait animal, or uniform if neutral).")
+    traits = world_parser(
+        "Write trait fine-tuning rows (question -> the trait animal, or uniform if neutral)."
+    )
     traits.add_argument("--out", type=str, required=True, help="JSONL file to write")
     traits.add_argument("--trait", type=str, required=True, help="a candidate animal, or 'neutral'")
     traits.add_argument("--rows", type=int, default=2000, help="rows to write")
     traits.add_argument("--seed", type=int, default=0, help="seed of the rows")
-    init = ArgumentParser(description="Save a randomly initialised tiny Llama for a tokenizer.", default_env=False)
+    init = ArgumentParser(
+        description="Save a randomly initialised tiny Llama for a tokenizer.", default_env=False
+    )
     init.add_argument("--config", action=ActionConfigFile)
     init.add_function_arguments(build_init)
 
-    parser = ArgumentParser(prog="subliminal-pl toy-world", description=__doc__.splitlines()[0], default_env=False)
+    parser = ArgumentParser(
+        prog="subliminal-pl toy-world", description=__doc__.splitlines()[0], default_env=False
+    )
     commands = parser.add_subcommands()
     commands.add_subcommand("build", build)
     commands.add_subcommand("traits", traits)
