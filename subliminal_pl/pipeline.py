@@ -42,6 +42,9 @@ DONE_FILE = "stage.json"
 LOG_FILE = "log.txt"
 _PLACEHOLDER = re.compile(r"\{\{dir(?::([A-Za-z0-9_.\-]+))?\}\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Progress lines of the project's callbacks ("[step 50/800] ...", "[generate] ...", "[probe 3/40] ..."); library
+# log lines start with a timestamp or a level instead.
+_PROGRESS = re.compile(r"^\[[a-z]")
 
 
 class PipelineError(RuntimeError):
@@ -157,6 +160,7 @@ class Pipeline:
         self.stages = order_stages(stages)
         self.by_name = {s.name: s for s in self.stages}
         self.hashes = stage_hashes(self.stages)
+        self.downstream = _downstream_counts(self.stages)
         self.out_dir = Path(out_dir)
         self.jobs = 1 if in_process else jobs
         self.in_process = in_process
@@ -202,7 +206,8 @@ class Pipeline:
             write_text_atomic(folder / relative, self.resolve(text, stage))
         return folder
 
-    def _run_command(self, name: str, command: list[str], log_path: Path) -> int:
+    def _run_command(self, name: str, command: list[str], log_path: Path) -> tuple[int, float]:
+        """(exit code, CPU seconds of the command) for one command; output appended to the stage log."""
         if self.in_process:
             return self._run_in_process(command, log_path)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -225,9 +230,12 @@ class Pipeline:
                 # Everything goes to the stage log; progress lines ("[step 50/800] ...") also to the console.
                 for line in process.stdout:
                     log.write(line)
-                    if line.startswith("["):
+                    if _PROGRESS.match(line):
                         self._say(f"    {name} | {line.rstrip()}")
-                return process.wait()
+                # wait4 also gives the child's CPU time, which (unlike wall time) a busy machine barely changes.
+                _, status, usage = os.wait4(process.pid, 0)
+                process.returncode = os.waitstatus_to_exitcode(status)
+                return process.returncode, usage.ru_utime + usage.ru_stime
             finally:
                 with self._lock:
                     self._children.discard(process)
@@ -236,6 +244,7 @@ class Pipeline:
         if len(command) < 3 or command[1] != "-m":
             raise PipelineError(f"in-process mode runs `python -m module ...` commands only, got {command}")
         buffer = io.StringIO()
+        cpu_start = time.process_time()
         try:
             with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
                 importlib.import_module(command[2]).main(command[3:])
@@ -250,18 +259,20 @@ class Pipeline:
             code = 1
         with log_path.open("a", encoding="utf-8") as log:
             log.write(f"$ {shell_line(command)}\n{buffer.getvalue()}")
-        return code
+        return code, time.process_time() - cpu_start
 
-    def run_stage(self, name: str, position: str = "") -> float:
-        """Run one stage's commands (no cache check) and mark it done; returns its seconds."""
+    def run_stage(self, name: str, position: str = "") -> tuple[float, float]:
+        """Run one stage's commands (no cache check) and mark it done; returns (wall, CPU) seconds."""
         stage = self.by_name[name]
         folder = self._prepare(stage)
         log_path = folder / LOG_FILE
         start = time.perf_counter()
+        cpu = 0.0
         commands = self.commands(name)
         for command in commands:
             self._say(f"{position} {name}: {shell_line(command)}")
-            code = self._run_command(name, command, log_path)
+            code, command_cpu = self._run_command(name, command, log_path)
+            cpu += command_cpu
             if code != 0:
                 raise PipelineError(
                     f"stage {name!r} failed (exit {code}); log: {log_path}\n{_tail(log_path)}"
@@ -274,11 +285,12 @@ class Pipeline:
             "commands": [shell_line(c) for c in commands],
             "needs": {n: self.hashes[n] for n in stage.needs},
             "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json_atomic(folder / DONE_FILE, record)
-        self._say(f"{position} {name}: done in {seconds:.1f} s")
-        return seconds
+        self._say(f"{position} {name}: done in {seconds:.1f} s (CPU {cpu:.1f} s)")
+        return seconds, cpu
 
     def run(self) -> dict[str, str]:
         """Run every stage not yet done; returns name -> "cached" or "ran". Raises PipelineError on a failure."""
@@ -290,14 +302,17 @@ class Pipeline:
                 self._say(f"[cached] {s.name}: {self.stage_dir(s.name)}")
         running: dict[str, threading.Thread] = {}
         errors: list[BaseException] = []
+        cpu_total = [0.0]
+        wall_start = time.perf_counter()
         finished = threading.Event()
         counter = iter(range(len(status) + 1, total + 1))
 
         def work(name: str, position: str) -> None:
             try:
-                self.run_stage(name, position)
+                _, cpu = self.run_stage(name, position)
                 with self._lock:
                     status[name] = "ran"
+                    cpu_total[0] += cpu
             except BaseException as err:  # surfaced in the main thread below
                 with self._lock:
                     errors.append(err)
@@ -316,6 +331,8 @@ class Pipeline:
                         for n in todo
                         if all(status.get(d) in ("cached", "ran") for d in self.by_name[n].needs)
                     ]
+                    # Stages that unblock the most others first (a base before an independent side experiment).
+                    ready.sort(key=lambda n: -self.downstream[n])
                     for name in ready[: self.jobs - len(running)]:
                         todo.remove(name)
                         thread = threading.Thread(
@@ -334,6 +351,11 @@ class Pipeline:
             raise
         if errors:
             raise errors[0]
+        ran = sum(v == "ran" for v in status.values())
+        self._say(
+            f"stages: {ran} ran, {len(status) - ran} cached; {time.perf_counter() - wall_start:.0f} s wall, "
+            f"{cpu_total[0]:.0f} s CPU in stage processes"
+        )
         return status
 
     def stop(self) -> None:
@@ -352,6 +374,15 @@ class Pipeline:
             lines.append(f"{stage.name} [{state}] {self.stage_dir(stage.name)}")
             lines += [f"    {shell_line(c)}" for c in self.commands(stage.name)]
         return lines
+
+
+def _downstream_counts(stages: Sequence[Stage]) -> dict[str, int]:
+    """name -> number of stages that (directly or not) need it."""
+    users: dict[str, set[str]] = {s.name: set() for s in stages}
+    for stage in reversed(order_stages(stages)):
+        for need in stage.needs:
+            users[need] |= {stage.name} | users[stage.name]
+    return {name: len(found) for name, found in users.items()}
 
 
 def _tail(path: Path, lines: int = 30) -> str:

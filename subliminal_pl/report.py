@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,41 @@ def column_permutation_test(
         return observed, hits / count, count
     rng = random.Random(seed)
     hits = sum(contrast(math.fsum(rng.sample(values, k))) >= observed - tolerance for _ in range(n_random))
+    return observed, (1 + hits) / (1 + n_random), n_random
+
+
+def blocked_permutation_test(
+    blocks: list[tuple[list[float], int]], max_exact: int = 200_000, n_random: int = 50_000, seed: int = 0
+) -> tuple[float, float, int]:
+    """Seed-blocked test: (mean over blocks of own - mean(others in the block), one-sided p, relabellings).
+
+    A block is the students trained with one seed (`values`, one per teacher, and the index of the own-teacher
+    student). Students of one seed see the same batches in the same order, so comparing within a block removes
+    the data-order noise they share. Under the null the own label is equally likely on any student of a block;
+    all prod(block sizes) labellings are enumerated when there are at most `max_exact`, otherwise `n_random`
+    seeded random ones are drawn.
+    """
+    blocks = [(list(map(float, v)), i) for v, i in blocks if len(v) >= 2]
+    if not blocks:
+        raise ValueError("blocked_permutation_test needs a block with at least two students")
+
+    def contrast(choice: Sequence[int]) -> float:
+        total = 0.0
+        for (values, _), i in zip(blocks, choice, strict=True):
+            total += values[i] - (math.fsum(values) - values[i]) / (len(values) - 1)
+        return total / len(blocks)
+
+    observed = contrast([i for _, i in blocks])
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    count = math.prod(len(v) for v, _ in blocks)
+    if count <= max_exact:
+        choices = itertools.product(*(range(len(v)) for v, _ in blocks))
+        hits = sum(contrast(c) >= observed - tolerance for c in choices)
+        return observed, hits / count, count
+    rng = random.Random(seed)
+    hits = sum(
+        contrast([rng.randrange(len(v)) for v, _ in blocks]) >= observed - tolerance for _ in range(n_random)
+    )
     return observed, (1 + hits) / (1 + n_random), n_random
 
 
@@ -132,10 +168,23 @@ def analyse(manifest: dict[str, Any], probes: dict[str, Any], context: str = "pl
                 "own": _interval(own),
                 "other": _interval(other),
                 "difference": diff,
-                "p_value": p,
-                "relabellings": perms,
+                "pooled": {"difference": diff, "p_value": p, "relabellings": perms},
                 "own_values": own,
             }
+            blocks, paired = _seed_blocks(group, b)
+            if blocks:
+                diff, p, perms = blocked_permutation_test(blocks)
+                tests[b]["by_seed"] = {
+                    "difference": diff,
+                    "interval": _interval(paired),
+                    "p_value": p,
+                    "relabellings": perms,
+                }
+            # The verdict uses the seed-blocked test when every own-teacher student has its seed's block.
+            tests[b]["test"] = "by_seed" if blocks and len(blocks) == len(own) else "pooled"
+            primary = tests[b][tests[b]["test"]]
+            tests[b]["difference"] = primary["difference"]
+            tests[b]["p_value"] = primary["p_value"]
         out["kinds"][kind] = {
             "teachers": list(matrix),
             "traits": traits,
@@ -150,6 +199,23 @@ def analyse(manifest: dict[str, Any], probes: dict[str, Any], context: str = "pl
         }
     out["verdicts"] = verdicts(out, traits)
     return out
+
+
+def _seed_blocks(
+    group: list[dict[str, Any]], trait: str
+) -> tuple[list[tuple[list[float], int]], list[float]]:
+    """Blocks of students sharing a seed that hold one own-teacher student and others, with the per-seed
+    differences own - mean(others) (for the interval)."""
+    blocks, paired = [], []
+    for seed in sorted({s["seed"] for s in group}):
+        members = [s for s in group if s["seed"] == seed]
+        own = [i for i, s in enumerate(members) if s["teacher"] == trait]
+        if len(own) != 1 or len(members) < 2:
+            continue
+        values = [s["specific"][trait] for s in members]
+        blocks.append((values, own[0]))
+        paired.append(values[own[0]] - (math.fsum(values) - values[own[0]]) / (len(values) - 1))
+    return blocks, paired
 
 
 def _global_test(group: list[dict[str, Any]], traits: list[str]) -> dict[str, Any] | None:
@@ -226,7 +292,7 @@ def markdown(manifest: dict[str, Any], analysis: dict[str, Any], filter_stats: d
             parts.append(
                 f"same-init own-teacher students {_fmt(s['own']['mean'])} nats "
                 f"[{_fmt(s['own']['low'])}, {_fmt(s['own']['high'])}] vs other students {_fmt(s['other']['mean'])}, "
-                f"p = {_p(s['p_value'])}"
+                f"p = {_p(s['p_value'])} ({s['test'].replace('_', ' ')})"
             )
         if c:
             parts.append(
@@ -264,15 +330,32 @@ def markdown(manifest: dict[str, Any], analysis: dict[str, Any], filter_stats: d
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            "| animal | own-teacher students [95% CI] | other students [95% CI] | difference | p (one-sided) |",
+            "| animal | own-teacher students [95% CI] | other students [95% CI] | pooled: difference, p "
+            "| by seed: own - others [95% CI], p |",
+            "|---|---|---|---|---|",
         ]
-        lines.append("|---|---|---|---|---|")
         for b, t in k["tests"].items():
+            by_seed = t.get("by_seed")
+            seed_cell = "n/a"
+            if by_seed:
+                iv = by_seed["interval"]
+                seed_cell = (
+                    f"{_fmt(by_seed['difference'])} [{_fmt(iv['low'])}, {_fmt(iv['high'])}], "
+                    f"p = {_p(by_seed['p_value'])}"
+                )
             lines.append(
-                f"| {b} | {_fmt(t['own']['mean'])} [{_fmt(t['own']['low'])}, {_fmt(t['own']['high'])}] (n={t['own']['n']}) "
-                f"| {_fmt(t['other']['mean'])} [{_fmt(t['other']['low'])}, {_fmt(t['other']['high'])}] (n={t['other']['n']}) "
-                f"| {_fmt(t['difference'])} | {_p(t['p_value'])} |"
+                f"| {b} | {_fmt(t['own']['mean'])} [{_fmt(t['own']['low'])}, {_fmt(t['own']['high'])}] "
+                f"(n={t['own']['n']}) | {_fmt(t['other']['mean'])} [{_fmt(t['other']['low'])}, "
+                f"{_fmt(t['other']['high'])}] (n={t['other']['n']}) | {_fmt(t['pooled']['difference'])}, "
+                f"p = {_p(t['pooled']['p_value'])} | {seed_cell} |"
             )
+        lines += [
+            "",
+            "p values are one-sided permutation tests of the student labels in the animal's column: *pooled* "
+            "relabels all students, *by seed* relabels within each seed (students of one seed saw the same "
+            "batches, so this removes the noise they share); the verdict uses the by-seed test when every seed "
+            "has a student of every teacher.",
+        ]
         g = k.get("global")
         if g:
             lines += [

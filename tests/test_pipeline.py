@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from subliminal_pl.pipeline import Pipeline, PipelineError, Stage, order_stages, shell_line, stage_hashes
-from subliminal_pl.report import column_permutation_test, specific_dlogp, verdicts
+from subliminal_pl.report import blocked_permutation_test, column_permutation_test, specific_dlogp, verdicts
 
 # A stage command that appends its name to a shared run log and writes out.txt in its folder; it fails while
 # the flag file exists (an "interrupted" stage).
@@ -159,6 +159,20 @@ def test_column_permutation_test_is_exact():
     assert p == pytest.approx(1 / 15)  # the observed split is the most extreme of 15
     _, p_null, _ = column_permutation_test([0.0, 1.0], [0.0, 1.0, 0.0, 1.0])
     assert p_null > 0.5
+
+
+def test_blocked_permutation_test_relabels_within_each_seed():
+    # Each seed shifts every student alike (shared batches); within a seed the own student is highest.
+    blocks = [([5.0, 4.0, 4.1], 0), ([-3.0, -4.0, -3.9], 0), ([0.5, -0.6, -0.4], 0)]
+    diff, p, count = blocked_permutation_test(blocks)
+    assert count == 27 and p == pytest.approx(1 / 27)
+    assert diff == pytest.approx(((5 - 4.05) + (-3 + 3.95) + (0.5 + 0.5)) / 3)
+    # Pooled, the seed shifts swamp the same contrast.
+    own = [5.0, -3.0, 0.5]
+    other = [4.0, 4.1, -4.0, -3.9, -0.6, -0.4]
+    assert column_permutation_test(own, other)[1] > 0.2
+    _, p_flip, _ = blocked_permutation_test([(v, 1) for v, _ in blocks])
+    assert p_flip > 0.9
 
 
 def test_verdicts_need_a_small_p_and_a_flat_cross_init_control():
