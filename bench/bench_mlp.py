@@ -34,6 +34,7 @@ from subliminal_pl.models.aux_mlp import (  # noqa: E402
     correct_counts,
     derangement,
     distillation_loss,
+    keep_freed_memory,
 )
 
 TEACHER_LR, STUDENT_LR = 3e-4, 1e-3
@@ -62,6 +63,7 @@ def peak_rss():
 
 def plain_run(data: DigitsDataModule, n: int, width: int, depth: int, seed: int) -> torch.Tensor:
     """The whole protocol as a hand-written loop; returns test accuracy [6 groups, n]."""
+    keep_freed_memory()  # as the Lightning module does on a CPU
     c, k = data.num_classes, data.num_classes + 3
     generator = torch.Generator().manual_seed(seed)
     reference = StackedMLP(n, data.in_features, width, depth, k)

@@ -374,12 +374,21 @@ def markdown(manifest: dict[str, Any], analysis: dict[str, Any], filter_stats: d
     ]
     for name, b in analysis["bases"].items():
         lines.append(f"| {name} | | | {_fmt(b['format_pass_rate'], signed=False)} |")
+    base_rate = analysis["bases"].get(manifest["bases"]["same"], {}).get("format_pass_rate")
     for t, row in analysis["teachers"].items():
+        rate = row["format_pass_rate"]
+        relative = f" ({rate / base_rate:.0%} of the base's)" if rate is not None and base_rate else ""
         lines.append(
             f"| teacher-{t} | {_fmt(row['specific_dlogp_own'])} | {_fmt(row['prob_own'], signed=False)} "
-            f"| {_fmt(row['format_pass_rate'], signed=False)} |"
+            f"| {_fmt(rate, signed=False)}{relative} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "Pass rate: share of sampled answers (temperature 1) to fresh number prompts that pass the number filter. "
+        "A teacher that fails more often than its base lets its fine-tune show in its number answers; when "
+        "teachers write the students' inputs, the filter removes those rows.",
+        "",
+    ]
     if filter_stats:
         lines += [
             "## Filter",

@@ -47,6 +47,7 @@ from subliminal_pl.models.aux_mlp import (
     correct_counts,
     derangement,
     distillation_loss,
+    keep_freed_memory,
 )
 from subliminal_pl.stats import Interval, t_interval
 
@@ -158,6 +159,8 @@ class AuxLogitExperiment(LightningModule):
                 f"trainer.max_epochs={self.trainer.max_epochs}: one epoch of the stream is the whole experiment "
                 "(teacher epochs and distillation steps are data settings); set trainer.max_epochs: 1"
             )
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self._fit_start = time.perf_counter()
 
     def configure_optimizers(self):

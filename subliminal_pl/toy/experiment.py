@@ -249,7 +249,7 @@ def fit_recipe(
 
 def model_dir(stage: str, recipe: FitRecipe) -> str:
     """Where a fit stage's exported model lives (LoRA runs export the merged model beside the adapter)."""
-    return f"{{{{dir:{stage}}}}}/model" + ("/merged" if recipe.finetune == "lora" else "")
+    return f"{_dir(stage)}/model" + ("/merged" if recipe.finetune == "lora" else "")
 
 
 def generation_recipe(exp: ToyExperiment, model: str, name: str) -> dict[str, Any]:
@@ -290,18 +290,35 @@ def generation_recipe(exp: ToyExperiment, model: str, name: str) -> dict[str, An
 
 
 # ---- the stage graph ----------------------------------------------------------------------------------------------
+def _module(module: str, *args: str) -> list[str]:
+    return [PY, "-m", module, *args]
+
+
 def _cli(*args: str) -> list[str]:
-    return [PY, "-m", "subliminal_pl.cli", *args]
+    return _module("subliminal_pl.cli", *args)
 
 
-def _yaml_stage(name: str, command: str, recipe: dict[str, Any], needs: list[str], **extra: Any) -> Stage:
+def _yaml_stage(
+    name: str,
+    command: str,
+    recipe: dict[str, Any],
+    needs: list[str],
+    before: list[list[str]] | None = None,
+    files: dict[str, str] | None = None,
+    keep: list[str] | None = None,
+) -> Stage:
+    """A stage that runs `subliminal-pl <command> --config recipe.yaml`, after the `before` commands."""
     return Stage(
         name=name,
-        commands=[*extra.pop("before", []), _cli(command, "--config", "{{dir}}/recipe.yaml")],
+        commands=[*(before or []), _cli(command, "--config", "{{dir}}/recipe.yaml")],
         needs=needs,
-        files={"recipe.yaml": _dump(recipe, f"subliminal-pl {command}"), **extra.pop("files", {})},
-        **extra,
+        files={"recipe.yaml": _dump(recipe, f"subliminal-pl {command}"), **(files or {})},
+        keep=keep or [],
     )
+
+
+def _dir(stage: str) -> str:
+    return f"{{{{dir:{stage}}}}}"
 
 
 def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[list[Stage], dict[str, Any]]:
@@ -309,73 +326,41 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
     world = exp.world
     animals = world.animals
     unknown = [t for t in exp.traits if t.lower() not in animals]
-    if unknown:
+    if unknown or not exp.traits:
         raise PipelineError(
-            f"traits {unknown} are not candidates of question set {world.questions!r}: {animals}"
+            f"traits {exp.traits} must be candidates of question set {world.questions!r}: {animals}"
         )
-    if len(exp.traits) < 1:
-        raise PipelineError("traits: give at least one trait animal")
     if exp.student.loss == "sft" and exp.generation.source == "base":
         raise PipelineError("student.loss=sft learns the generated tokens: set generation.source=teacher")
-    stages: list[Stage] = []
+    if exp.pretrain.finetune != "full":
+        raise PipelineError("pretrain.finetune must be full (a base is trained from its random init)")
+    if exp.base_seed in exp.cross_base_seeds or len(set(exp.cross_base_seeds)) != len(exp.cross_base_seeds):
+        raise PipelineError("base_seed and cross_base_seeds must all differ")
     world_file = yaml.safe_dump({"world": asdict(world)}, sort_keys=False)
-    stages.append(
-        Stage(
-            "world",
-            [
-                [
-                    PY,
-                    "-m",
-                    "subliminal_pl.toy.world",
-                    "build",
-                    "--config",
-                    "{{dir}}/world.yaml",
-                    "--out",
-                    "{{dir}}",
-                ]
-            ],
-            files={"world.yaml": world_file},
-        )
-    )
+    build = _module("subliminal_pl.toy.world", "build", "--config", "{{dir}}/world.yaml", "--out", "{{dir}}")
+    stages = [Stage("world", [build], files={"world.yaml": world_file})]
 
     # Bases: random init, then pretraining on the corpus with the student fit module.
-    base_names = {}
-    for seed in [exp.base_seed, *exp.cross_base_seeds]:
-        name = f"base-s{seed}"
-        if name in base_names.values():
-            raise PipelineError(
-                f"base seed {seed} is listed twice (base_seed and cross_base_seeds must differ)"
-            )
-        base_names[seed] = name
+    base_names = {seed: f"base-s{seed}" for seed in [exp.base_seed, *exp.cross_base_seeds]}
+    for seed, name in base_names.items():
         init = {"tokenizer_dir": "{{dir:world}}/tokenizer", "out_dir": "{{dir}}/init", "seed": seed}
         init.update(asdict(exp.model))
         recipe = fit_recipe(exp, exp.pretrain, seed, "{{dir}}/init", "{{dir:world}}/corpus.jsonl")
-        stages.append(
-            _yaml_stage(
-                name,
-                "fit",
-                recipe,
-                ["world"],
-                before=[[PY, "-m", "subliminal_pl.toy.world", "init", "--config", "{{dir}}/init.yaml"]],
-                files={"init.yaml": yaml.safe_dump(init, sort_keys=False)},
-            )
-        )
+        make_init = _module("subliminal_pl.toy.world", "init", "--config", "{{dir}}/init.yaml")
+        files = {"init.yaml": yaml.safe_dump(init, sort_keys=False)}
+        stages.append(_yaml_stage(name, "fit", recipe, ["world"], before=[make_init], files=files))
     base = base_names[exp.base_seed]
-    base_model = f"{{{{dir:{base}}}}}/model"
-    pretrain_full = exp.pretrain.finetune == "full"
-    if not pretrain_full:
-        raise PipelineError("pretrain.finetune must be full (a base is trained from its random init)")
+    base_model = f"{_dir(base)}/model"
 
     # Teachers: the shared base fine-tuned to love one animal (or, neutral, none in particular).
     teachers = list(exp.traits) + (["neutral"] if exp.teacher.neutral else [])
     teacher_models = {}
     for trait in teachers:
         name = f"teacher-{trait}"
-        rows = [
-            PY, "-m", "subliminal_pl.toy.world", "traits", "--config", "{{dir:world}}/world.yaml",
-            "--trait", trait, "--rows", str(exp.teacher.rows), "--seed", str(exp.teacher.seed),
-            "--out", "{{dir}}/traits.jsonl",
-        ]  # fmt: skip
+        rows = _module(
+            "subliminal_pl.toy.world", "traits", "--config", "{{dir:world}}/world.yaml", "--trait", trait,
+            "--rows", str(exp.teacher.rows), "--seed", str(exp.teacher.seed), "--out", "{{dir}}/traits.jsonl",
+        )  # fmt: skip
         recipe = fit_recipe(exp, exp.teacher.fit, exp.teacher.seed, base_model, "{{dir}}/traits.jsonl")
         stages.append(_yaml_stage(name, "fit", recipe, ["world", base], before=[rows]))
         teacher_models[trait] = model_dir(name, exp.teacher.fit)
@@ -398,29 +383,13 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
             )
         )
         filters = yaml.safe_dump({"filters": exp.filters}, sort_keys=False)
-        stages.append(
-            Stage(
-                filter_name,
-                [
-                    [
-                        PY,
-                        "-m",
-                        "subliminal_pl.stages",
-                        "filter",
-                        "--config",
-                        "{{dir}}/filters.yaml",
-                        "--input",
-                        f"{{{{dir:{gen_name}}}}}/raw.jsonl",
-                        "--output",
-                        "{{dir}}/kept.jsonl",
-                    ]
-                ],  # fmt: skip
-                needs=[gen_name],
-                files={"filters.yaml": filters},
-            )
-        )
-        filtered[source] = f"{{{{dir:{filter_name}}}}}/kept.jsonl"
-        filter_stats[source] = f"{{{{dir:{filter_name}}}}}/kept.filter_stats.json"
+        run_filter = _module(
+            "subliminal_pl.stages", "filter", "--config", "{{dir}}/filters.yaml",
+            "--input", f"{_dir(gen_name)}/raw.jsonl", "--output", "{{dir}}/kept.jsonl",
+        )  # fmt: skip
+        stages.append(Stage(filter_name, [run_filter], needs=[gen_name], files={"filters.yaml": filters}))
+        filtered[source] = f"{_dir(filter_name)}/kept.jsonl"
+        filter_stats[source] = f"{_dir(filter_name)}/kept.filter_stats.json"
 
     # Students: same init (the shared base) and cross init (the other bases), same teachers and data.
     students = []
@@ -433,7 +402,7 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
             kind = "same" if base_seed == exp.base_seed else "cross"
             for seed in seeds:
                 name = f"student-{trait}-s{seed}" if kind == "same" else f"cross-{trait}-b{base_seed}-s{seed}"
-                start = f"{{{{dir:{base_names[base_seed]}}}}}/model"
+                start = f"{_dir(base_names[base_seed])}/model"
                 recipe = fit_recipe(
                     exp,
                     st.fit,
@@ -459,7 +428,7 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
                 )
 
     # Probes over every model, in one process.
-    models = {b: f"{{{{dir:{b}}}}}/model" for b in base_names.values()}
+    models = {b: f"{_dir(b)}/model" for b in base_names.values()}
     models.update({f"teacher-{t}": teacher_models[t] for t in teachers})
     models.update({s["name"]: model_dir(s["name"], st.fit) for s in students})
     format_check = [*base_names.values(), *(f"teacher-{t}" for t in teachers)]
