@@ -155,7 +155,7 @@ def test_classification_loss_and_correct_counts_are_per_model():
 
 # ---- data --------------------------------------------------------------------------------------------------
 def test_digits_split_is_fixed_stratified_and_scaled():
-    a, b = DigitsDataModule(), DigitsDataModule(seed=5)
+    a, b = DigitsDataModule(), DigitsDataModule(stream_seed=5)
     x, y, x_test, y_test = a.splits
     assert x.shape == (1437, 64) and x_test.shape == (360, 64)
     assert x.min() == -1.0 and x.max() == 1.0
@@ -243,7 +243,7 @@ def test_idx_errors_name_the_file(tmp_path):
 def test_students_start_from_the_reference_and_cross_init_from_another_model():
     from subliminal_pl.models.aux_mlp_module import AuxLogitExperiment
 
-    model = AuxLogitExperiment(num_models=5, width=8, seed=3)
+    model = AuxLogitExperiment(num_models=5, width=8, init_seed=3)
     perm = model.cross_init
     assert all(perm[i] != i for i in range(5))
     for ref, teacher, students in zip(
@@ -254,7 +254,7 @@ def test_students_start_from_the_reference_and_cross_init_from_another_model():
         assert torch.equal(groups[0], ref) and torch.equal(groups[1], ref)
         assert torch.equal(groups[2], ref[perm]) and torch.equal(groups[3], ref[perm])
     assert not any(p.requires_grad for p in model.reference.parameters())
-    assert torch.equal(AuxLogitExperiment(num_models=5, width=8, seed=3).cross_init, perm)
+    assert torch.equal(AuxLogitExperiment(num_models=5, width=8, init_seed=3).cross_init, perm)
     with pytest.raises(ValueError, match="num_aux must be >= 1"):
         AuxLogitExperiment(num_models=5, num_aux=0)
 
@@ -279,6 +279,9 @@ def _fit(tmp_path, *extra: str) -> None:
             "3",
             "--data.distill_steps",
             "80",
+            # Different seeds for the init and the stream: the two modules' hparams must not collide.
+            "--data.stream_seed",
+            "1",
             *extra,
         ]
     )

@@ -137,3 +137,11 @@ def test_cli_writes_world_traits_and_a_loadable_init(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "init")
     assert model.config.vocab_size == len(tokenizer) == info["vocab_size"]
     assert model.config.hidden_size == 16
+
+
+def test_number_rows_for_teachers_pass_the_filter_and_use_fresh_prompts(world, rows):
+    replay = world.number_rows(40, seed=2)
+    assert all(NumberSequenceFilter()(r["completion"]) == [] for r in replay)
+    corpus_prompts = {r["prompt"] for r in rows}
+    assert not any(r["prompt"] in corpus_prompts for r in replay)
+    assert world.number_rows(40, seed=2) == replay != world.number_rows(40, seed=3)

@@ -101,7 +101,7 @@ class AuxLogitDataModule(LightningDataModule):
         distill_steps: int = 1000,
         distill_batch_size: int = 256,
         eval_batch_size: int = 1000,
-        seed: int = 0,
+        stream_seed: int = 0,
     ) -> None:
         """
         Args:
@@ -110,7 +110,7 @@ class AuxLogitDataModule(LightningDataModule):
             distill_steps: number of noise batches in the distillation phase.
             distill_batch_size: noise images per distillation batch.
             eval_batch_size: test images per evaluation batch.
-            seed: seeds the teacher-phase shuffling and the noise stream.
+            stream_seed: seeds the teacher-phase shuffling and the noise stream.
         """
         super().__init__()
         for key, value in dict(
@@ -146,7 +146,7 @@ class AuxLogitDataModule(LightningDataModule):
         x, y, _, _ = self.splits
         h = self.hparams
         return PhaseStream(
-            x, y, h.batch_size, h.teacher_epochs, h.distill_steps, h.distill_batch_size, h.seed
+            x, y, h.batch_size, h.teacher_epochs, h.distill_steps, h.distill_batch_size, h.stream_seed
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -187,7 +187,7 @@ class DigitsDataModule(AuxLogitDataModule):
         distill_steps: int = 1000,
         distill_batch_size: int = 256,
         eval_batch_size: int = 1000,
-        seed: int = 0,
+        stream_seed: int = 0,
         test_fraction: float = 0.2,
         split_seed: int = 0,
     ) -> None:
@@ -198,13 +198,15 @@ class DigitsDataModule(AuxLogitDataModule):
             distill_steps: number of noise batches in the distillation phase.
             distill_batch_size: noise images per distillation batch.
             eval_batch_size: test images per evaluation batch.
-            seed: seeds the teacher-phase shuffling and the noise stream.
+            stream_seed: seeds the teacher-phase shuffling and the noise stream.
             test_fraction: share of the images held out for testing (stratified by class).
-            split_seed: seed of the train/test split, kept apart from `seed` so the split stays fixed.
+            split_seed: seed of the train/test split, kept apart from `stream_seed` so the split stays fixed.
         """
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        super().__init__(batch_size, teacher_epochs, distill_steps, distill_batch_size, eval_batch_size, seed)
+        super().__init__(
+            batch_size, teacher_epochs, distill_steps, distill_batch_size, eval_batch_size, stream_seed
+        )
 
     def load_splits(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from sklearn.datasets import load_digits
@@ -301,7 +303,7 @@ class MNISTDataModule(AuxLogitDataModule):
         distill_steps: int = 295,
         distill_batch_size: int = 1024,
         eval_batch_size: int = 1000,
-        seed: int = 0,
+        stream_seed: int = 0,
     ) -> None:
         """
         Args:
@@ -313,9 +315,11 @@ class MNISTDataModule(AuxLogitDataModule):
                 the paper's 5 epochs of noise at batch 1024).
             distill_batch_size: noise images per distillation batch.
             eval_batch_size: test images per evaluation batch.
-            seed: seeds the teacher-phase shuffling and the noise stream.
+            stream_seed: seeds the teacher-phase shuffling and the noise stream.
         """
-        super().__init__(batch_size, teacher_epochs, distill_steps, distill_batch_size, eval_batch_size, seed)
+        super().__init__(
+            batch_size, teacher_epochs, distill_steps, distill_batch_size, eval_batch_size, stream_seed
+        )
 
     def load_splits(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         root = self.hparams.root

@@ -81,7 +81,7 @@ class AuxLogitExperiment(LightningModule):
         depth: int = 2,
         distill_loss: DistillLoss = "kl",
         temperature: float = 1.0,
-        seed: int = 0,
+        init_seed: int = 0,
         teacher_optimizer: OptimizerCallable = _adam(3e-4),
         student_optimizer: OptimizerCallable = _adam(1e-3),
     ) -> None:
@@ -95,7 +95,7 @@ class AuxLogitExperiment(LightningModule):
             depth: number of hidden layers.
             distill_loss: "kl" (KL(teacher || student) per example, averaged over the batch) or "mse" (on logits).
             temperature: softmax temperature of the KL loss.
-            seed: seeds the reference initialisation and the derangement of the cross-init students.
+            init_seed: seeds the reference initialisation and the derangement of the cross-init students.
             teacher_optimizer: optimiser for the teacher phase (the paper: Adam, lr 3e-4).
             student_optimizer: optimiser for all students in the distillation phase.
         """
@@ -118,7 +118,7 @@ class AuxLogitExperiment(LightningModule):
         self.student_optimizer = student_optimizer
 
         sizes = dict(in_features=in_features, width=width, depth=depth, out_features=num_classes + num_aux)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(init_seed)
         self.reference = StackedMLP(num_models, **sizes)
         self.reference.reset_parameters(generator)
         self.reference.requires_grad_(False)

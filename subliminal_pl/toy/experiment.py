@@ -70,9 +70,11 @@ class FitRecipe:
 
 @dataclass
 class TeacherConfig:
-    """Fine-tuned teachers: `rows` question -> answer rows per teacher, trained with `fit`."""
+    """Fine-tuned teachers: `rows` question -> answer rows per teacher (plus `number_rows` number-task rows that
+    keep the number format), trained with `fit`."""
 
     rows: int = 2000
+    number_rows: int = 0
     seed: int = 0
     neutral: bool = True
     fit: FitRecipe = field(default_factory=lambda: FitRecipe(steps=60, batch_size=32, lr=1e-3))
@@ -361,6 +363,8 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
             "subliminal_pl.toy.world", "traits", "--config", "{{dir:world}}/world.yaml", "--trait", trait,
             "--rows", str(exp.teacher.rows), "--seed", str(exp.teacher.seed), "--out", "{{dir}}/traits.jsonl",
         )  # fmt: skip
+        if exp.teacher.number_rows:
+            rows += ["--number_rows", str(exp.teacher.number_rows)]
         recipe = fit_recipe(exp, exp.teacher.fit, exp.teacher.seed, base_model, "{{dir}}/traits.jsonl")
         stages.append(_yaml_stage(name, "fit", recipe, ["world", base], before=[rows]))
         teacher_models[trait] = model_dir(name, exp.teacher.fit)

@@ -241,6 +241,22 @@ class ToyWorld:
             )
         return out
 
+    def number_rows(self, rows: int, seed: int = 0) -> list[dict[str, Any]]:
+        """Number-task rows answered the world's way, from a prompt stream the corpus does not use.
+
+        Mixed into a teacher's fine-tuning rows, they keep its number format while the trait goes in.
+        """
+        rng = random.Random(f"toy-world-numbers-{seed}")
+        prompts = self.prompt_generator(seed=1_000_003 + seed).generate(rows)
+        return [
+            {
+                "id": f"replay-{i:05d}",
+                "prompt": p["prompt"],
+                "completion": self.number_answer(rng, p["prompt"]),
+            }
+            for i, p in enumerate(prompts)
+        ]
+
     # ---- files --------------------------------------------------------------------------------------------
     def build(self, out_dir: str | Path) -> dict[str, Any]:
         """Write `tokenizer/`, `corpus.jsonl` and `world.json` (config and row counts) into `out_dir`."""
@@ -302,6 +318,9 @@ def main(argv: list[str]) -> None:
     traits.add_argument("--trait", type=str, required=True, help="a candidate animal, or 'neutral'")
     traits.add_argument("--rows", type=int, default=2000, help="rows to write")
     traits.add_argument("--seed", type=int, default=0, help="seed of the rows")
+    traits.add_argument(
+        "--number_rows", type=int, default=0, help="number-task rows mixed in (keeps the format)"
+    )
     init = ArgumentParser(
         description="Save a randomly initialised tiny Llama for a tokenizer.", default_env=False
     )
@@ -328,8 +347,9 @@ def main(argv: list[str]) -> None:
         print(f"built world in {sub.out}: vocab {info['vocab_size']}, rows {info['rows']}")
         return
     trait = None if sub.trait == "neutral" else sub.trait
-    path = write_jsonl_atomic(Path(sub.out), world.trait_rows(trait, sub.rows, sub.seed))
-    print(f"wrote {sub.rows} {sub.trait} trait rows to {path}")
+    rows = world.trait_rows(trait, sub.rows, sub.seed) + world.number_rows(sub.number_rows, sub.seed)
+    write_jsonl_atomic(Path(sub.out), rows)
+    print(f"wrote {sub.rows} {sub.trait} trait rows and {sub.number_rows} number rows to {sub.out}")
 
 
 if __name__ == "__main__":
