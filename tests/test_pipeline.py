@@ -267,3 +267,27 @@ def test_toy_experiment_rerun_is_cached_and_resumes_a_lost_stage(toy_run):
     run_experiment(exp, in_process=True, echo=lines.append)
     ran = {line.split(":")[0].split("] ")[1] for line in lines if line.startswith("[") and "done in" in line}
     assert ran == {"student-dolphin-s1"}
+
+
+def test_sweep_variants_deep_merge_into_the_demo_and_share_stages():
+    from subliminal_pl.toy.experiment import build_stages, parse_experiment, variant_experiments
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "toy"
+    exp, _ = parse_experiment(
+        ["--config", str(configs / "demo.yaml"), "--config", str(configs / "sweep.yaml")]
+    )
+    variants = variant_experiments(exp)
+    assert "default" in variants and len(variants) == len(exp.variants)
+    lora = variants["teacher_lora16"]
+    assert (lora.teacher.fit.finetune, lora.teacher.fit.lora_rank, lora.teacher.fit.steps) == ("lora", 16, 60)
+    assert lora.student == variants["default"].student
+    hashes = {
+        name: stage_hashes(build_stages(v)[0])
+        for name, v in variants.items()
+        if name in ("default", "teacher_lora16", "wide")
+    }
+    assert hashes["default"]["base-s0"] == hashes["teacher_lora16"]["base-s0"] != hashes["wide"]["base-s0"]
+    assert hashes["default"]["teacher-owl"] != hashes["teacher_lora16"]["teacher-owl"]
+    exp.variants = {"typo": {"teacher": {"fitt": {"steps": 3}}}}
+    with pytest.raises(PipelineError, match="sweep variant 'typo'"):
+        variant_experiments(exp)

@@ -545,13 +545,14 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def experiment_parser():
+def experiment_parser(exit_on_error: bool = True):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(
         prog="subliminal-pl pipeline",
         description="Run a subliminal-learning experiment as cached stages (one process each) and write a report.",
         default_env=False,
+        exit_on_error=exit_on_error,
     )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="experiment YAML (e.g. configs/toy/demo.yaml)"
@@ -581,7 +582,7 @@ def variant_experiments(exp: ToyExperiment) -> dict[str, ToyExperiment]:
     """name -> experiment: the config itself, or one per variant of a sweep (validated like the config)."""
     if not exp.variants:
         return {"": exp}
-    parser = experiment_parser()
+    parser = experiment_parser(exit_on_error=False)
     base = _plain(exp)
     out = {}
     for name, overrides in exp.variants.items():
