@@ -126,7 +126,8 @@ class AuxLogitDataModule(LightningDataModule):
         self._splits: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def load_splits(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        raise NotImplementedError
+        """(x_train [n, d] in [-1, 1], y_train [n] int64, x_test, y_test); each dataset class defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define load_splits()")
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits is None:
