@@ -25,6 +25,7 @@ own experiment in the same output folder, so stages they share (the world, the b
 from __future__ import annotations
 
 import copy
+import hashlib
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -508,11 +509,14 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
         "config": _plain(exp),
     }
     report_needs = ["probes", *(f"filter-{s}" for s in sources)] + (["mlp"] if mlp_results else [])
+    # The report is cheap and its code changes more often than the rest: its source is part of its hash.
+    report_source = Path(__file__).resolve().parents[1] / "report.py"
     stages.append(
         Stage(
             "report",
             [[PY, "-m", "subliminal_pl.report", "--manifest", "{{dir}}/manifest.json", "--out", "{{dir}}"]],
             needs=report_needs,
+            config={"report_code": hashlib.sha256(report_source.read_bytes()).hexdigest()[:12]},
             files={"manifest.json": _json(manifest)},
         )
     )
