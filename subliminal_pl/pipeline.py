@@ -60,7 +60,8 @@ class Stage:
     needs: names of the stages whose outputs this one reads (they run first, their hashes enter this hash).
     config: JSON-ready values that define the output beyond the commands (e.g. what a recipe means).
     files: recipe files written into the stage folder before the commands run (relative path -> text).
-    keep: folder-relative paths an interrupted attempt leaves for the next one (its commands resume from them).
+    keep: names of files or folders in the stage folder that an interrupted attempt leaves for the next one
+        (its commands resume from them).
     """
 
     name: str
@@ -326,14 +327,11 @@ class Pipeline:
                         running.pop(name).join()
                     failed = bool(errors)
                 if not failed:
-                    ready = [
-                        n
-                        for n in todo
-                        if all(status.get(d) in ("cached", "ran") for d in self.by_name[n].needs)
-                    ]
-                    # Stages that unblock the most others first (a base before an independent side experiment).
-                    ready.sort(key=lambda n: -self.downstream[n])
-                    for name in ready[: self.jobs - len(running)]:
+                    while len(running) < self.jobs:
+                        with self._lock:  # workers add to `status` as they finish
+                            name = self._next_stage(todo, status, running)
+                        if name is None:
+                            break
                         todo.remove(name)
                         thread = threading.Thread(
                             target=work, args=(name, f"[{next(counter)}/{total}]"), daemon=True
@@ -357,6 +355,24 @@ class Pipeline:
             f"{cpu_total[0]:.0f} s CPU in stage processes"
         )
         return status
+
+    def _next_stage(self, todo: list[str], status: dict[str, str], running: dict) -> str | None:
+        """The ready stage that unblocks the most others, or None if none should start now.
+
+        A side stage (the MLP experiment) also waits while a stage that unblocks more is about to become ready
+        (the bases, once the world is built), so it does not take the core they need.
+        """
+        done = {n for n, v in status.items() if v in ("cached", "ran")}
+        ready = [n for n in todo if set(self.by_name[n].needs) <= done]
+        if not ready:
+            return None
+        best = max(ready, key=lambda n: self.downstream[n])
+        soon = [
+            self.downstream[n]
+            for n in todo
+            if n not in ready and set(self.by_name[n].needs) <= done | set(running)
+        ]
+        return best if self.downstream[best] >= max(soon, default=0) else None
 
     def stop(self) -> None:
         """Terminate running child processes (their stages stay unfinished and rerun or resume next time)."""

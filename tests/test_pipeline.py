@@ -131,6 +131,22 @@ def test_two_jobs_run_independent_stages(tmp_path):
     assert runs(tmp_path)[-1] == "s" and sorted(runs(tmp_path)[:3]) == ["p", "q", "r"]
 
 
+def test_a_side_stage_waits_for_the_stages_that_unblock_more(tmp_path):
+    # m (one dependent) is ready from the start; it waits while w, then a (which unblock more) run alone, and
+    # starts beside a2, whose dependents are as few as its own.
+    stages = [
+        script_stage("w", tmp_path),
+        script_stage("a", tmp_path, needs=["w"]),
+        script_stage("a2", tmp_path, needs=["a"]),
+        script_stage("a3", tmp_path, needs=["a2"]),
+        script_stage("m", tmp_path),
+        script_stage("r", tmp_path, needs=["a3", "m"]),
+    ]
+    Pipeline(stages, tmp_path / "out", jobs=2, echo=lambda _: None).run()
+    order = runs(tmp_path)
+    assert order[:2] == ["w", "a"] and set(order[2:4]) == {"a2", "m"} and order[4:] == ["a3", "r"]
+
+
 def test_malformed_graphs_are_refused(tmp_path):
     with pytest.raises(PipelineError, match="cycle"):
         order_stages([script_stage("a", tmp_path, needs=["b"]), script_stage("b", tmp_path, needs=["a"])])
