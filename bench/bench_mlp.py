@@ -4,9 +4,11 @@ Both runs use the same protocol, data stream, seeds and nn parts, so they must r
 the difference in wall time is what Lightning costs (its run also writes results.json, the plot and metrics.csv,
 about a second). For each N, each repeat runs the plain loop and `Trainer.fit` with the recipe's settings (CSV
 logger, Rich bar, progress lines, validation at the end), in alternating order so drift on a shared machine
-cancels; the fastest repeat of each counts. Peak memory is the highest resident set size sampled while each run
-is going: the whole process's, imports included (~450 MB before any run); the RSS at the start of each run, after
-trimming the heap, is printed beside it. Targets: Lightning / plain <= 1.15 and peak RSS < 1 GB at N = 100.
+cancels; the fastest repeat of each counts. CPU time (all threads) is printed too: on a shared machine the wall
+time mostly measures how much of the CPU a run was given, and CPU time shows the overhead more steadily. Peak
+memory is the highest resident set size sampled while each run is going: the whole process's, imports included
+(~450 MB before any run); the RSS at the start of each run, after trimming the heap, is printed beside it.
+Targets: Lightning / plain <= 1.15 and peak RSS < 1 GB at N = 100.
 
     python bench/bench_mlp.py                        # N = 10 and 100, the full digits recipe
     python bench/bench_mlp.py --models 10 --distill_steps 200
@@ -180,6 +182,7 @@ def main() -> None:
                 "lightning": lambda n=n: lightning_run(data, n, args.width, args.depth, args.seed, log_dir),
             }
             seconds = dict.fromkeys(runs, float("inf"))
+            cpu_seconds = dict.fromkeys(runs, float("inf"))
             peak = dict.fromkeys(runs, 0)
             start_rss = dict.fromkeys(runs, 0)
             accuracy = {}
@@ -188,12 +191,13 @@ def main() -> None:
                     release_freed_memory()
                     start_rss[name] = max(start_rss[name], psutil.Process().memory_info().rss)
                     with peak_rss() as memory:
-                        start = time.perf_counter()
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         accuracy[name] = runs[name]()
                         seconds[name] = min(seconds[name], time.perf_counter() - start)
+                        cpu_seconds[name] = min(cpu_seconds[name], time.process_time() - cpu_start)
                     peak[name] = max(peak[name], memory["peak"])
             diff = (accuracy["plain"] - accuracy["lightning"]).abs().max()
-            rows.append((n, seconds, peak, start_rss, diff))
+            rows.append((n, seconds, cpu_seconds, peak, start_rss, diff))
 
     print(
         f"\nMLP experiment, digits, width {args.width}, depth {args.depth}, teacher {args.teacher_epochs} epochs, "
@@ -202,13 +206,14 @@ def main() -> None:
     )
     mb = 2**20
     print(
-        f"{'N':>5} {'plain s':>8} {'lightning s':>12} {'ratio':>6}   peak RSS MB plain / lightning"
-        f" (at start)   max |acc diff|"
+        f"{'N':>5} {'plain s':>8} {'lightning s':>12} {'ratio':>6}   {'CPU s plain / lightning':>24} {'ratio':>6}"
+        f"   peak RSS MB plain / lightning (at start)   max |acc diff|"
     )
-    for n, seconds, peak, start_rss, diff in rows:
+    for n, seconds, cpu, peak, start_rss, diff in rows:
         print(
             f"{n:>5} {seconds['plain']:>8.1f} {seconds['lightning']:>12.1f} "
             f"{seconds['lightning'] / seconds['plain']:>6.3f}   "
+            f"{cpu['plain']:>11.1f} / {cpu['lightning']:<10.1f} {cpu['lightning'] / cpu['plain']:>6.3f}   "
             f"{peak['plain'] / mb:>5.0f} / {peak['lightning'] / mb:<5.0f} "
             f"({start_rss['plain'] / mb:.0f} / {start_rss['lightning'] / mb:.0f}){'':>11}{float(diff):.1e}"
         )
