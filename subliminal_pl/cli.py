@@ -16,9 +16,15 @@ from collections.abc import Sequence
 # Each extra command: module with a `main(argv)` function, and a one-line description for the overview.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "prompts": ("subliminal_pl.data.prompts", "write seeded number-sequence prompts to JSONL"),
-    "pipeline": ("subliminal_pl.pipeline", "run a multi-stage experiment (cached, resumable) and write its report"),
+    "pipeline": (
+        "subliminal_pl.pipeline",
+        "run a multi-stage experiment (cached, resumable) and write its report",
+    ),
     "theory-check": ("subliminal_pl.theory", "one-step check of the theorem behind subliminal learning"),
-    "toy-world": ("subliminal_pl.toy.world", "write the embedded tiny world: tokenizer, corpus, trait rows, inits"),
+    "toy-world": (
+        "subliminal_pl.toy.world",
+        "write the embedded tiny world: tokenizer, corpus, trait rows, inits",
+    ),
     "trait-rows": ("subliminal_pl.data.trait_rows", "write Q/A rows that teach a trait (fine-tuned teacher)"),
 }
 
