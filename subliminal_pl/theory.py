@@ -18,15 +18,13 @@ the distribution of the cosine between the two updates. Outputs: theory_check.js
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from subliminal_pl.data.jsonl import write_json_atomic
+from subliminal_pl.data.jsonl import save_figure_atomic, write_json_atomic
 from subliminal_pl.models.aux_mlp import (
     DistillLoss,
     StackedMLP,
@@ -197,16 +195,7 @@ def plot_cosines(record: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("trials")
     ax.set_title("One imitation step on noise: does the student move toward the teacher?")
     ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

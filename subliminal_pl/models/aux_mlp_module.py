@@ -25,8 +25,6 @@ results.json (format "aux-mlp-results/1"):
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import Tensor
 
 from subliminal_pl.data.digits import DISTILL, TEACHER
-from subliminal_pl.data.jsonl import write_json_atomic
+from subliminal_pl.data.jsonl import save_figure_atomic, write_json_atomic
 from subliminal_pl.models.aux_mlp import (
     DistillLoss,
     StackedMLP,
@@ -360,14 +358,4 @@ def plot_results(record: dict[str, Any], path: str | Path) -> Path:
     dataset = record.get("data", {}).get("dataset", "")
     ax.set_title(f"Distillation on noise through auxiliary logits ({dataset}, {n} models, mean and 95% CI)")
     ax.legend(loc="upper right")
-    # Atomic like every other output: render to a temp file beside the target, then rename.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure_atomic(fig, path)
