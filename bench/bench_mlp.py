@@ -1,8 +1,8 @@
 """Benchmark: the auxiliary-logit MLP experiment through Lightning vs a plain PyTorch loop, in one process.
 
 Both runs use the same protocol, data stream, seeds and nn parts, so they must reach the same accuracies (checked);
-the difference in wall time is what Lightning costs (its run also writes results.json, the plot and metrics.csv,
-about a second). For each N, each repeat runs the plain loop and `Trainer.fit` with the recipe's settings (CSV
+the difference in wall time is what Lightning costs (both write results.json, the plot and the table; Lightning
+also metrics.csv). For each N, each repeat runs the plain loop and `Trainer.fit` with the recipe's settings (CSV
 logger, Rich bar, progress lines, validation at the end), in alternating order so drift on a shared machine
 cancels; the fastest repeat of each counts. CPU time (all threads) is printed too: on a shared machine the wall
 time mostly measures how much of the CPU a run was given, and CPU time shows the overhead more steadily. Peak
@@ -42,6 +42,7 @@ from subliminal_pl.models.aux_mlp import (  # noqa: E402
     distillation_loss,
     keep_freed_memory,
 )
+from subliminal_pl.models.aux_mlp_module import GROUPS, results_record, write_results  # noqa: E402
 
 TEACHER_LR, STUDENT_LR = 3e-4, 1e-3
 
@@ -74,8 +75,10 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def plain_run(data: DigitsDataModule, n: int, width: int, depth: int, seed: int) -> torch.Tensor:
-    """The whole protocol as a hand-written loop; returns test accuracy [6 groups, n]."""
+def plain_run(
+    data: DigitsDataModule, n: int, width: int, depth: int, seed: int, out_dir: str
+) -> torch.Tensor:
+    """The whole protocol as a hand-written loop, writing the same outputs; returns test accuracy [6 groups, n]."""
     keep_freed_memory()  # as the Lightning module does on a CPU
     c, k = data.num_classes, data.num_classes + 3
     generator = torch.Generator().manual_seed(seed)
@@ -91,7 +94,9 @@ def plain_run(data: DigitsDataModule, n: int, width: int, depth: int, seed: int)
     teacher_opt = torch.optim.Adam(teacher.parameters(), lr=TEACHER_LR)
     student_opt = torch.optim.Adam(students.parameters(), lr=STUDENT_LR)
 
+    steps = 0
     for batch in data.phase_stream():
+        steps += 1
         x = batch["x"]
         if batch["phase"] != DISTILL:
             classification_loss(teacher(x)[..., :c], batch["y"]).sum().backward()
@@ -115,7 +120,12 @@ def plain_run(data: DigitsDataModule, n: int, width: int, depth: int, seed: int)
             grouped = [reference(x)[None], teacher(x)[None], students(x).unflatten(0, (4, n))]
             correct += correct_counts(torch.cat(grouped)[..., :c], y)
             seen += len(y)
-    return correct.double() / seen
+    accuracy = correct.double() / seen
+    settings = dict(num_models=n, in_features=data.in_features, num_classes=c, num_aux=k - c, width=width)
+    settings.update(depth=depth, distill_loss="kl", temperature=1.0, init_seed=seed)
+    accuracies = {g: accuracy[i].tolist() for i, g in enumerate(GROUPS)}
+    write_results(results_record(accuracies, settings, cross.tolist(), data.describe(), steps), out_dir)
+    return accuracy
 
 
 def lightning_run(
@@ -127,7 +137,7 @@ def lightning_run(
     from lightning.pytorch.loggers import CSVLogger
 
     from subliminal_pl.callbacks.progress import ProgressLog
-    from subliminal_pl.models.aux_mlp_module import GROUPS, AuxLogitExperiment
+    from subliminal_pl.models.aux_mlp_module import AuxLogitExperiment
 
     model = AuxLogitExperiment(
         num_models=n,
@@ -172,13 +182,13 @@ def main() -> None:
     # Warm-up (allocator, thread pools, lazy imports) so neither measured run pays first-call costs.
     warm = DigitsDataModule(teacher_epochs=1, distill_steps=5, stream_seed=args.seed)
     with tempfile.TemporaryDirectory() as log_dir:
-        plain_run(warm, 2, 8, 1, args.seed)
+        plain_run(warm, 2, 8, 1, args.seed, log_dir)
         lightning_run(warm, 2, 8, 1, args.seed, log_dir)
 
         rows = []
         for n in args.models:
             runs = {
-                "plain": lambda n=n: plain_run(data, n, args.width, args.depth, args.seed),
+                "plain": lambda n=n: plain_run(data, n, args.width, args.depth, args.seed, log_dir),
                 "lightning": lambda n=n: lightning_run(data, n, args.width, args.depth, args.seed, log_dir),
             }
             seconds = dict.fromkeys(runs, float("inf"))

@@ -62,6 +62,7 @@ class Stage:
     files: recipe files written into the stage folder before the commands run (relative path -> text).
     keep: names of files or folders in the stage folder that an interrupted attempt leaves for the next one
         (its commands resume from them).
+    background: a side stage that runs on a core no regular stage is about to need (see `Pipeline`).
     """
 
     name: str
@@ -70,6 +71,7 @@ class Stage:
     config: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     keep: list[str] = field(default_factory=list)
+    background: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -357,22 +359,23 @@ class Pipeline:
         return status
 
     def _next_stage(self, todo: list[str], status: dict[str, str], running: dict) -> str | None:
-        """The ready stage that unblocks the most others, or None if none should start now.
+        """The ready stage to start next, or None if none should start now.
 
-        A side stage (the MLP experiment) also waits while a stage that unblocks more is about to become ready
-        (the bases, once the world is built), so it does not take the core they need.
+        Regular stages that unblock the most others go first. A background stage (a side experiment nothing else
+        waits for) starts only when no regular stage is ready or about to be (its needs done or running), so it
+        never takes the core a base or a student is about to need.
         """
         done = {n for n, v in status.items() if v in ("cached", "ran")}
         ready = [n for n in todo if set(self.by_name[n].needs) <= done]
-        if not ready:
-            return None
-        best = max(ready, key=lambda n: self.downstream[n])
-        soon = [
-            self.downstream[n]
+        regular = [n for n in ready if not self.by_name[n].background]
+        if regular:
+            return max(regular, key=lambda n: self.downstream[n])
+        coming = [
+            n
             for n in todo
-            if n not in ready and set(self.by_name[n].needs) <= done | set(running)
+            if not self.by_name[n].background and set(self.by_name[n].needs) <= done | set(running)
         ]
-        return best if self.downstream[best] >= max(soon, default=0) else None
+        return ready[0] if ready and not coming else None
 
     def stop(self) -> None:
         """Terminate running child processes (their stages stay unfinished and rerun or resume next time)."""

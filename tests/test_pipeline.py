@@ -131,20 +131,21 @@ def test_two_jobs_run_independent_stages(tmp_path):
     assert runs(tmp_path)[-1] == "s" and sorted(runs(tmp_path)[:3]) == ["p", "q", "r"]
 
 
-def test_a_side_stage_waits_for_the_stages_that_unblock_more(tmp_path):
-    # m (one dependent) is ready from the start; it waits while w, then a (which unblock more) run alone, and
-    # starts beside a2, whose dependents are as few as its own.
+def test_a_background_stage_waits_for_free_cores(tmp_path):
+    # m (a side experiment) is ready from the start; it must not take a core while w runs and a, b (which need w)
+    # are about to start, and it fills the core that is free once only c (needing both a and b) is left.
     stages = [
         script_stage("w", tmp_path),
         script_stage("a", tmp_path, needs=["w"]),
-        script_stage("a2", tmp_path, needs=["a"]),
-        script_stage("a3", tmp_path, needs=["a2"]),
-        script_stage("m", tmp_path),
-        script_stage("r", tmp_path, needs=["a3", "m"]),
+        script_stage("b", tmp_path, needs=["w"]),
+        script_stage("c", tmp_path, needs=["a", "b"]),
+        Stage("m", script_stage("m", tmp_path).commands, background=True),
+        script_stage("r", tmp_path, needs=["c", "m"]),
     ]
     Pipeline(stages, tmp_path / "out", jobs=2, echo=lambda _: None).run()
     order = runs(tmp_path)
-    assert order[:2] == ["w", "a"] and set(order[2:4]) == {"a2", "m"} and order[4:] == ["a3", "r"]
+    assert order[0] == "w" and set(order[1:3]) == {"a", "b"} and set(order[3:5]) == {"c", "m"}
+    assert order[-1] == "r"
 
 
 def test_malformed_graphs_are_refused(tmp_path):

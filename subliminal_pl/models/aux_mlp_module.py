@@ -47,7 +47,7 @@ from subliminal_pl.models.aux_mlp import (
     distillation_loss,
     keep_freed_memory,
 )
-from subliminal_pl.stats import Interval, t_interval
+from subliminal_pl.stats import t_interval
 
 RESULTS_FORMAT = "aux-mlp-results/1"
 GROUPS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
@@ -136,7 +136,6 @@ class AuxLogitExperiment(LightningModule):
         self._distilling = False
         self._fit_start = 0.0
         self.accuracies: dict[str, list[float]] = {}
-        self.intervals: dict[str, Interval] = {}
         self.results_path: Path | None = None
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -240,8 +239,8 @@ class AuxLogitExperiment(LightningModule):
         assert self._correct is not None
         accuracy = (self._correct.double() / max(self._seen, 1)).cpu()
         self.accuracies = {g: accuracy[i].tolist() for i, g in enumerate(GROUPS)}
-        self.intervals = {g: t_interval(values) for g, values in self.accuracies.items()}
-        for group, interval in self.intervals.items():
+        for group, values in self.accuracies.items():
+            interval = t_interval(values)
             self.log_dict(
                 {
                     f"acc/{group}": interval.mean,
@@ -273,31 +272,55 @@ class AuxLogitExperiment(LightningModule):
     def results(self) -> dict[str, Any]:
         """The results record of the last evaluation (see the module docstring for the format)."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        record: dict[str, Any] = {
-            "format": RESULTS_FORMAT,
-            "metric": "test accuracy from the class logits",
-            "chance": 1.0 / self.hparams.num_classes,
-            "groups": {g: {**self.intervals[g].to_dict(), "values": v} for g, v in self.accuracies.items()},
-            "derangement": self.cross_init.tolist(),
-            "model": dict(self.hparams),
-            "data": datamodule.describe() if hasattr(datamodule, "describe") else {},
-            "step": int(self.global_step),
-        }
+        record = results_record(
+            self.accuracies,
+            model=dict(self.hparams),
+            derangement=self.cross_init.tolist(),
+            data=datamodule.describe() if hasattr(datamodule, "describe") else {},
+            step=int(self.global_step),
+        )
         if self.trainer.state.fn == TrainerFn.FITTING:
             record["train_seconds"] = round(time.perf_counter() - self._fit_start, 2)
         return record
 
     @rank_zero_only
     def _write_outputs(self) -> None:
-        record = self.results()
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        self.results_path = run_dir / "results.json"
-        write_json_atomic(self.results_path, record)
-        plot_results(record, run_dir / "results.png")
-        from rich.console import Console
+        self.results_path = write_results(
+            self.results(), Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        )
 
-        Console().print(results_table(record))
-        rank_zero_info(f"results: {self.results_path} and {run_dir / 'results.png'}")
+
+def results_record(
+    accuracies: dict[str, list[float]],
+    model: dict[str, Any],
+    derangement: list[int],
+    data: dict[str, Any],
+    step: int,
+) -> dict[str, Any]:
+    """The results record from per-model test accuracies of each group (format in the module docstring)."""
+    return {
+        "format": RESULTS_FORMAT,
+        "metric": "test accuracy from the class logits",
+        "chance": 1.0 / model["num_classes"],
+        "groups": {g: {**t_interval(v).to_dict(), "values": v} for g, v in accuracies.items()},
+        "derangement": derangement,
+        "model": model,
+        "data": data,
+        "step": step,
+    }
+
+
+def write_results(record: dict[str, Any], run_dir: str | Path) -> Path:
+    """Write results.json and results.png to run_dir and print the table; returns the results.json path."""
+    from rich.console import Console
+
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    write_json_atomic(path, record)
+    plot_results(record, run_dir / "results.png")
+    Console().print(results_table(record))
+    rank_zero_info(f"results: {path} and {run_dir / 'results.png'}")
+    return path
 
 
 def results_table(record: dict[str, Any]):

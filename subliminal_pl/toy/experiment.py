@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import shutil
+import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -493,6 +494,7 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
                     )
                 ],  # fmt: skip
                 files={"mlp.yaml": mlp_path.read_text(encoding="utf-8")},
+                background=True,
             )
         )
         mlp_results = "{{dir:mlp}}/logs/run/results.json"
@@ -642,8 +644,14 @@ def _publish(report_dir: Path, target: Path) -> None:
             shutil.copyfile(path, target / path.name)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_experiment_cli(argv: list[str]) -> None:
     exp, options = parse_experiment(argv)
+    # A kill (SIGTERM) stops the running stages too, like Ctrl-C, instead of leaving them orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         run_experiment(exp, **options)
     except PipelineError as err:
