@@ -263,7 +263,8 @@ def test_toy_experiment_prints_every_stage_command(toy_run):
     assert any(c.startswith("python -m subliminal_pl.cli predict --config ") for c in commands)
     recipe = yaml.safe_load(next(out.glob("stages/student-owl-s0-*/recipe.yaml")).read_text())
     student = recipe["model"]["init_args"]
-    assert student["kl_teacher"] == str(next(out.glob("stages/teacher-owl-*")) / "model")
+    # LoRA teachers (the default): students learn from the merged model exported beside the adapter.
+    assert student["kl_teacher"] == str(next(out.glob("stages/teacher-owl-*")) / "model" / "merged")
     assert student["model"] == str(next(out.glob("stages/base-s0-*")) / "model")
     assert (student["loss"], student["kl_token_subset"], student["trait_words"]) == ("kl", "numbers", ["owl"])
     cross = yaml.safe_load(next(out.glob("stages/cross-owl-b1-s0-*/recipe.yaml")).read_text())
@@ -295,16 +296,17 @@ def test_sweep_variants_deep_merge_into_the_demo_and_share_stages():
     )
     variants = variant_experiments(exp)
     assert "default" in variants and len(variants) == len(exp.variants)
-    lora = variants["teacher_lora16"]
-    assert (lora.teacher.fit.finetune, lora.teacher.fit.lora_rank, lora.teacher.fit.steps) == ("lora", 16, 60)
-    assert lora.student == variants["default"].student
+    full = variants["teacher_full"]
+    # Only the overridden keys change: the teacher keeps the demo's steps and batch.
+    assert (full.teacher.fit.finetune, full.teacher.fit.lr, full.teacher.fit.steps) == ("full", 0.001, 60)
+    assert full.student == variants["default"].student
     hashes = {
         name: stage_hashes(build_stages(v)[0])
         for name, v in variants.items()
-        if name in ("default", "teacher_lora16", "wide")
+        if name in ("default", "teacher_full", "wide")
     }
-    assert hashes["default"]["base-s0"] == hashes["teacher_lora16"]["base-s0"] != hashes["wide"]["base-s0"]
-    assert hashes["default"]["teacher-owl"] != hashes["teacher_lora16"]["teacher-owl"]
+    assert hashes["default"]["base-s0"] == hashes["teacher_full"]["base-s0"] != hashes["wide"]["base-s0"]
+    assert hashes["default"]["teacher-owl"] != hashes["teacher_full"]["teacher-owl"]
     exp.variants = {"typo": {"teacher": {"fitt": {"steps": 3}}}}
     with pytest.raises(PipelineError, match="sweep variant 'typo'"):
         variant_experiments(exp)

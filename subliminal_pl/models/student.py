@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
 from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
+from subliminal_pl.models.logits import PositionLogits
 
 IGNORE_INDEX = -100
 # Characters of a completion the number filter can accept: digits, separators, brackets and a final period.
@@ -140,10 +141,12 @@ class StudentDistillation(LightningModule):
         self.optimizer_factory = optimizer
         self.tokenizer = load_tokenizer(model)
         self.model = self._build_student()
+        self.student_logits = PositionLogits(self.model)
         self.teacher = None
         if loss != "sft":
             self.teacher = load_causal_lm(kl_teacher or model, dtype=dtype, adapter_path=kl_teacher_adapter)
             self.teacher.requires_grad_(False)
+            self.teacher_logits = PositionLogits(self.teacher)
         subset = self._token_subset()
         # [subset size] token ids both distributions are restricted to; not saved (rebuilt from the config).
         self.register_buffer("subset_ids", subset, persistent=False)
@@ -213,7 +216,8 @@ class StudentDistillation(LightningModule):
         positions = targets != IGNORE_INDEX
         if not positions.any():
             raise ValueError("batch has no completion tokens (every label is -100)")
-        logits = self(batch["input_ids"], batch["attention_mask"])[:, :-1][positions].float()  # [N, vocab]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        logits = self.student_logits(ids, mask, positions).float()  # [N, vocab]
         out: dict[str, torch.Tensor] = {"completion_tokens": positions.sum()}
         total = logits.new_zeros(())
         if hp.loss in ("sft", "sft+kl"):
@@ -221,13 +225,7 @@ class StudentDistillation(LightningModule):
             total = total + (hp.sft_weight if hp.loss == "sft+kl" else 1.0) * out["sft_loss"]
         if hp.loss in ("kl", "sft+kl"):
             with torch.no_grad():
-                teacher = (
-                    self.teacher(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-                    )
-                    .logits[:, :-1][positions]
-                    .float()
-                )
+                teacher = self.teacher_logits(ids, mask, positions).float()
             out.update(self._kl(logits, teacher))
             total = total + (hp.kl_weight if hp.loss == "sft+kl" else 1.0) * out["kl_loss"]
         out["loss"] = total

@@ -79,7 +79,11 @@ class TeacherConfig:
     number_rows: int = 0
     seed: int = 0
     neutral: bool = True
-    fit: FitRecipe = field(default_factory=lambda: FitRecipe(steps=60, batch_size=32, lr=1e-3))
+    fit: FitRecipe = field(
+        default_factory=lambda: FitRecipe(
+            steps=60, batch_size=32, lr=5e-3, warmup_steps=3, finetune="lora", lora_rank=16, lora_alpha=16.0
+        )
+    )
 
 
 @dataclass
@@ -109,7 +113,9 @@ class StudentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     cross_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_samples: int | None = None
-    fit: FitRecipe = field(default_factory=lambda: FitRecipe(steps=125, batch_size=32, lr=1e-3))
+    fit: FitRecipe = field(
+        default_factory=lambda: FitRecipe(steps=100, batch_size=16, lr=1e-3, warmup_steps=5)
+    )
 
 
 @dataclass
