@@ -361,13 +361,18 @@ class Pipeline:
     def _next_stage(self, todo: list[str], status: dict[str, str], running: dict) -> str | None:
         """The ready stage to start next, or None if none should start now.
 
-        Regular stages that unblock the most others go first. A background stage (a side experiment nothing else
-        waits for) starts only when no regular stage is ready or about to be (its needs done or running), so it
+        Regular stages that unblock the most others go first. A background stage (a long side experiment nothing
+        else waits for) starts when more regular stages are ready than there are workers: that backlog keeps the
+        other workers busy meanwhile, and starting the long stage early keeps it from running alone at the end.
+        Otherwise it starts only when no regular stage is ready or about to be (its needs done or running), so it
         never takes the core a base or a student is about to need.
         """
         done = {n for n, v in status.items() if v in ("cached", "ran")}
         ready = [n for n in todo if set(self.by_name[n].needs) <= done]
         regular = [n for n in ready if not self.by_name[n].background]
+        side = [n for n in ready if self.by_name[n].background]
+        if side and len(regular) > self.jobs:
+            return side[0]
         if regular:
             return max(regular, key=lambda n: self.downstream[n])
         coming = [
@@ -375,7 +380,7 @@ class Pipeline:
             for n in todo
             if not self.by_name[n].background and set(self.by_name[n].needs) <= done | set(running)
         ]
-        return ready[0] if ready and not coming else None
+        return side[0] if side and not coming else None
 
     def stop(self) -> None:
         """Terminate running child processes (their stages stay unfinished and rerun or resume next time)."""

@@ -148,6 +148,17 @@ def test_a_background_stage_waits_for_free_cores(tmp_path):
     assert order[-1] == "r"
 
 
+def test_a_background_stage_starts_early_when_a_backlog_keeps_the_other_core_busy(tmp_path):
+    # Once w is done, five regular stages are ready for two workers: m starts then, beside one of them, instead
+    # of running alone after the last of them.
+    stages = [script_stage("w", tmp_path)]
+    stages += [script_stage(n, tmp_path, needs=["w"]) for n in "abcde"]
+    stages += [Stage("m", script_stage("m", tmp_path).commands, background=True)]
+    Pipeline(stages, tmp_path / "out", jobs=2, echo=lambda _: None).run()
+    order = runs(tmp_path)
+    assert order[0] == "w" and "m" in order[1:3] and sorted(order) == sorted("wabcdem")
+
+
 def test_malformed_graphs_are_refused(tmp_path):
     with pytest.raises(PipelineError, match="cycle"):
         order_stages([script_stage("a", tmp_path, needs=["b"]), script_stage("b", tmp_path, needs=["a"])])

@@ -114,7 +114,9 @@ class StudentConfig:
     cross_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_samples: int | None = None
     fit: FitRecipe = field(
-        default_factory=lambda: FitRecipe(steps=100, batch_size=16, lr=1e-3, warmup_steps=5)
+        default_factory=lambda: FitRecipe(
+            steps=100, batch_size=16, lr=5e-3, warmup_steps=5, finetune="lora", lora_rank=16, lora_alpha=16.0
+        )
     )
 
 
