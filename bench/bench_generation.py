@@ -76,7 +76,9 @@ def main() -> None:
     model = build_tiny_llama(tokenizer, hidden_size=args.hidden_size, num_layers=2, num_heads=4, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         save_model_and_tokenizer(model, tokenizer, tmp)
-        teacher = TeacherGeneration(model=tmp, dtype="float32", max_new_tokens=args.max_new_tokens, seed=0)
+        teacher = TeacherGeneration(
+            model_name_or_path=tmp, dtype="float32", max_new_tokens=args.max_new_tokens, seed=0
+        )
     prompts = NumberPromptGenerator(seed=0).generate(args.rows)
     teacher.generate_rows(prompts[:2])  # warm-up: first-call allocations and lazy imports
 

@@ -87,7 +87,9 @@ class Bench:
     def build(self) -> tuple[StudentDistillation, StudentDataModule]:
         seed_everything(0, verbose=False)
         base = str(self.root / "base")
-        module = StudentDistillation(model=base, optimizer=partial(torch.optim.AdamW, lr=LR), warmup_steps=2)
+        module = StudentDistillation(
+            model_name_or_path=base, optimizer=partial(torch.optim.AdamW, lr=LR), warmup_steps=2
+        )
         data = StudentDataModule(
             str(self.root / "rows.jsonl"), base, batch_size=self.args.batch_size, max_length=96
         )

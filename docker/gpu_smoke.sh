@@ -35,7 +35,7 @@ logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"sa
 writer = {"class_path": "subliminal_pl.callbacks.generation_writer.GenerationWriter",
           "init_args": {"output_path": str(work / "raw.jsonl")}}
 yaml.safe_dump({"trainer": {"logger": logger, "callbacks": [writer]},
-                "model": {"init_args": {"model": str(work / "model")}}}, open(work / "generate.yaml", "w"))
+                "model": {"init_args": {"model_name_or_path": str(work / "model")}}}, open(work / "generate.yaml", "w"))
 for name in ("student", "zero2"):
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -44,7 +44,7 @@ for name in ("student", "zero2"):
          "init_args": {"output_dir": str(work / name / "export")}},
     ]
     yaml.safe_dump({"trainer": {"logger": logger, "callbacks": callbacks, "max_steps": 20},
-                    "model": {"init_args": {"model": str(work / "model")}},
+                    "model": {"init_args": {"model_name_or_path": str(work / "model")}},
                     # An untrained model writes no valid number sequence: train on its raw rows.
                     "data": {"init_args": {"tokenizer": str(work / "model"), "data_path": str(work / "raw.jsonl"),
                                            "filters": []}}},

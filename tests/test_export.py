@@ -62,7 +62,7 @@ def fit_and_export(module, data_path, tiny_lm_path, out, merged=False):
 
 
 def test_lora_export_reloads_with_identical_logits(tiny_lm_path, data_path, tmp_path):
-    module = StudentDistillation(model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW)
+    module = StudentDistillation(model_name_or_path=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW)
     expected = fit_and_export(module, data_path, tiny_lm_path, tmp_path / "export", merged=True)
     out = tmp_path / "export"
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
@@ -83,7 +83,7 @@ def test_lora_export_reloads_with_identical_logits(tiny_lm_path, data_path, tmp_
 
 
 def test_full_export_reloads_with_identical_logits(tiny_lm_path, data_path, tmp_path):
-    module = StudentDistillation(model=str(tiny_lm_path), finetune="full", optimizer=ADAMW)
+    module = StudentDistillation(model_name_or_path=str(tiny_lm_path), finetune="full", optimizer=ADAMW)
     expected = fit_and_export(module, data_path, tiny_lm_path, tmp_path / "export")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32).eval()
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_cli_fit_resumes_from_last_and_exports(tiny_lm_path, data_path, tmp_path
         "fit",
         "--config",
         str(recipe),
-        "--model.init_args.model",
+        "--model.init_args.model_name_or_path",
         str(tiny_lm_path),
         "--data.init_args.tokenizer",
         str(tiny_lm_path),

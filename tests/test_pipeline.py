@@ -276,10 +276,12 @@ def test_toy_experiment_prints_every_stage_command(toy_run):
     student = recipe["model"]["init_args"]
     # LoRA teachers (the default): students learn from the merged model exported beside the adapter.
     assert student["kl_teacher"] == str(next(out.glob("stages/teacher-owl-*")) / "model" / "merged")
-    assert student["model"] == str(next(out.glob("stages/base-s0-*")) / "model")
+    assert student["model_name_or_path"] == str(next(out.glob("stages/base-s0-*")) / "model")
     assert (student["loss"], student["kl_token_subset"], student["trait_words"]) == ("kl", "numbers", ["owl"])
     cross = yaml.safe_load(next(out.glob("stages/cross-owl-b1-s0-*/recipe.yaml")).read_text())
-    assert cross["model"]["init_args"]["model"] == str(next(out.glob("stages/base-s1-*")) / "model")
+    assert cross["model"]["init_args"]["model_name_or_path"] == str(
+        next(out.glob("stages/base-s1-*")) / "model"
+    )
     assert cross["data"]["init_args"]["data_path"] == recipe["data"]["init_args"]["data_path"]
 
 

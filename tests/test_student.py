@@ -74,7 +74,7 @@ def fit(module, dm, root, **kwargs):
 
 
 def test_sft_loss_covers_exactly_the_completion_tokens(tiny_lm_path):
-    module = StudentDistillation(model=str(tiny_lm_path), finetune="full")
+    module = StudentDistillation(model_name_or_path=str(tiny_lm_path), finetune="full")
     batch = hand_batch(len(module.tokenizer))
     terms = module.losses(batch)
     assert int(terms["completion_tokens"]) == 5
@@ -102,7 +102,7 @@ def test_sft_loss_covers_exactly_the_completion_tokens(tiny_lm_path):
 def test_kl_with_itself_as_teacher_is_zero_with_zero_gradient(tiny_lm_path):
     for subset in (None, "numbers"):
         module = StudentDistillation(
-            model=str(tiny_lm_path),
+            model_name_or_path=str(tiny_lm_path),
             finetune="full",
             loss="kl",
             kl_teacher=str(tiny_lm_path),
@@ -118,7 +118,7 @@ def test_kl_with_itself_as_teacher_is_zero_with_zero_gradient(tiny_lm_path):
 
 def test_kl_matches_formula_and_audits_mass_outside_subset(tiny_lm_path, other_lm_path):
     module = StudentDistillation(
-        model=str(tiny_lm_path),
+        model_name_or_path=str(tiny_lm_path),
         loss="sft+kl",
         kl_teacher=str(other_lm_path),
         kl_token_subset=["1", "2", " 3", ","],
@@ -150,7 +150,7 @@ def test_kl_matches_formula_and_audits_mass_outside_subset(tiny_lm_path, other_l
 def test_token_subset_refuses_trait_tokens(tiny_lm_path, tiny_tokenizer):
     with pytest.raises(ValueError, match=r"trait words.*'owls' \(owl\)"):
         StudentDistillation(
-            model=str(tiny_lm_path),
+            model_name_or_path=str(tiny_lm_path),
             loss="kl",
             kl_teacher=str(tiny_lm_path),
             kl_token_subset=["1", "owls"],
@@ -172,11 +172,13 @@ def test_token_subset_refuses_trait_tokens(tiny_lm_path, tiny_tokenizer):
         & numbers
     )
     with pytest.raises(ValueError, match="needs kl_teacher"):
-        StudentDistillation(model=str(tiny_lm_path), loss="kl")
+        StudentDistillation(model_name_or_path=str(tiny_lm_path), loss="kl")
 
 
 def test_lora_fit_changes_only_adapter_weights(tiny_lm_path, data_path, tmp_path):
-    module = StudentDistillation(model=str(tiny_lm_path), lora_rank=4, lora_alpha=8, optimizer=ADAMW)
+    module = StudentDistillation(
+        model_name_or_path=str(tiny_lm_path), lora_rank=4, lora_alpha=8, optimizer=ADAMW
+    )
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -200,7 +202,7 @@ def test_lora_fit_changes_only_adapter_weights(tiny_lm_path, data_path, tmp_path
 
 
 def test_full_fit_changes_the_weights(tiny_lm_path, data_path, tmp_path):
-    module = StudentDistillation(model=str(tiny_lm_path), finetune="full", optimizer=ADAMW)
+    module = StudentDistillation(model_name_or_path=str(tiny_lm_path), finetune="full", optimizer=ADAMW)
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     batch = hand_batch(len(module.tokenizer))
     with torch.no_grad():
@@ -215,7 +217,7 @@ def test_full_fit_changes_the_weights(tiny_lm_path, data_path, tmp_path):
 
 def test_scheduler_steps_per_optimiser_step(tiny_lm_path, data_path, tmp_path):
     module = StudentDistillation(
-        model=str(tiny_lm_path), optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup_steps=2
+        model_name_or_path=str(tiny_lm_path), optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup_steps=2
     )
     trainer = fit(
         module,
@@ -240,7 +242,11 @@ class RecordStart(Callback):
 def test_lora_checkpoint_holds_adapter_only_and_resumes(tiny_lm_path, data_path, tmp_path):
     dm = make_datamodule(data_path, tiny_lm_path)
     module = StudentDistillation(
-        model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW, loss="sft+kl", kl_teacher=str(tiny_lm_path)
+        model_name_or_path=str(tiny_lm_path),
+        lora_rank=4,
+        optimizer=ADAMW,
+        loss="sft+kl",
+        kl_teacher=str(tiny_lm_path),
     )
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     fit(module, dm, tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
@@ -250,7 +256,11 @@ def test_lora_checkpoint_holds_adapter_only_and_resumes(tiny_lm_path, data_path,
     assert saved["hyper_parameters"]["lora_rank"] == 4
 
     fresh = StudentDistillation(
-        model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW, loss="sft+kl", kl_teacher=str(tiny_lm_path)
+        model_name_or_path=str(tiny_lm_path),
+        lora_rank=4,
+        optimizer=ADAMW,
+        loss="sft+kl",
+        kl_teacher=str(tiny_lm_path),
     )
     record = RecordStart()
     trainer = Trainer(
@@ -268,7 +278,7 @@ def test_lora_checkpoint_holds_adapter_only_and_resumes(tiny_lm_path, data_path,
     for key, value in saved["state_dict"].items():
         assert torch.equal(record.weights[key.removeprefix("model.")], value), key
 
-    full = StudentDistillation(model=str(tiny_lm_path), finetune="full")
+    full = StudentDistillation(model_name_or_path=str(tiny_lm_path), finetune="full")
     with pytest.raises(KeyError, match="checkpoint lacks"):
         full.on_load_checkpoint(saved)
 
@@ -278,7 +288,7 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tiny_lm_path)
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same LoRA init both times
         module = StudentDistillation(
-            model=str(tiny_lm_path), lora_rank=4, gradient_checkpointing=checkpointing
+            model_name_or_path=str(tiny_lm_path), lora_rank=4, gradient_checkpointing=checkpointing
         ).train()
         with torch.no_grad():  # non-zero B, so that A receives gradient too
             for name, p in module.model.named_parameters():
@@ -293,7 +303,9 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tiny_lm_path)
 
 
 def test_bf16_mixed_lora_fit(tiny_lm_path, data_path, tmp_path):
-    module = StudentDistillation(model=str(tiny_lm_path), dtype="bfloat16", lora_rank=2, optimizer=ADAMW)
+    module = StudentDistillation(
+        model_name_or_path=str(tiny_lm_path), dtype="bfloat16", lora_rank=2, optimizer=ADAMW
+    )
     trainer = fit(
         module, make_datamodule(data_path, tiny_lm_path), tmp_path, max_steps=2, precision="bf16-mixed"
     )
@@ -309,7 +321,11 @@ def test_bf16_mixed_lora_fit(tiny_lm_path, data_path, tmp_path):
 @pytest.mark.gpu
 def test_gpu_bf16_lora_fit_with_gradient_checkpointing(tiny_lm_path, data_path, tmp_path):
     module = StudentDistillation(
-        model=str(tiny_lm_path), dtype="bfloat16", lora_rank=4, optimizer=ADAMW, gradient_checkpointing=True
+        model_name_or_path=str(tiny_lm_path),
+        dtype="bfloat16",
+        lora_rank=4,
+        optimizer=ADAMW,
+        gradient_checkpointing=True,
     )
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     trainer = fit(
@@ -353,14 +369,14 @@ def test_gpu_deepspeed_stage2_lora_fit_resumes_and_exports(tiny_lm_path, data_pa
 
     dm = make_datamodule(data_path, tiny_lm_path)
     first = trainer(1)
-    first.fit(StudentDistillation(model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW), dm)
+    first.fit(StudentDistillation(model_name_or_path=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW), dm)
     # ZeRO checkpoints are folders; with exclude_frozen_parameters the module state holds the adapter only.
     states = list((tmp_path / "ckpt" / "last.ckpt").rglob("*model_states.pt"))
     assert states
     module_state = torch.load(states[0], weights_only=False)["module"]
     assert module_state and all("lora_" in key for key in module_state)
 
-    module = StudentDistillation(model=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW)
+    module = StudentDistillation(model_name_or_path=str(tiny_lm_path), lora_rank=4, optimizer=ADAMW)
     second = trainer(2)
     second.fit(module, dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert second.global_step == 2 * first.global_step

@@ -27,7 +27,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def teacher(tiny_lm_path):
-    return TeacherGeneration(model=str(tiny_lm_path), system_prompt="you love owls", max_new_tokens=8, seed=7)
+    return TeacherGeneration(
+        model_name_or_path=str(tiny_lm_path), system_prompt="you love owls", max_new_tokens=8, seed=7
+    )
 
 
 def completions(rows):
@@ -87,18 +89,18 @@ def test_rows_carry_settings_and_differ_by_seed(teacher, tiny_lm_path):
     }
     assert row["finish_reason"] in ("stop", "length") and 0 <= row["completion_tokens"] <= 8
     other = TeacherGeneration(
-        model=str(tiny_lm_path), system_prompt="you love owls", max_new_tokens=8, seed=8
+        model_name_or_path=str(tiny_lm_path), system_prompt="you love owls", max_new_tokens=8, seed=8
     )
     assert completions(other.generate_rows(PROMPTS)) != completions(teacher.generate_rows(PROMPTS))
 
 
 def test_system_prompt_and_greedy(tiny_lm_path, tiny_tokenizer):
     control = TeacherGeneration(
-        model=str(tiny_lm_path), greedy=True, max_new_tokens=6, teacher_name="control"
+        model_name_or_path=str(tiny_lm_path), greedy=True, max_new_tokens=6, teacher_name="control"
     )
     assert control.messages("hi") == [{"role": "user", "content": "hi"}]
     trait = TeacherGeneration(
-        model=str(tiny_lm_path), system_prompt="you love owls", greedy=True, max_new_tokens=6
+        model_name_or_path=str(tiny_lm_path), system_prompt="you love owls", greedy=True, max_new_tokens=6
     )
     assert trait.messages("hi")[0] == {"role": "system", "content": "you love owls"}
     # Greedy output equals the argmax chain of the model, computed here by hand with no cache.
@@ -119,9 +121,9 @@ def test_system_prompt_and_greedy(tiny_lm_path, tiny_tokenizer):
 
 def test_invalid_settings_are_refused(tiny_lm_path):
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        TeacherGeneration(model=str(tiny_lm_path), temperature=0.0)
+        TeacherGeneration(model_name_or_path=str(tiny_lm_path), temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
-        TeacherGeneration(model=str(tiny_lm_path), top_p=0.0)
+        TeacherGeneration(model_name_or_path=str(tiny_lm_path), top_p=0.0)
 
 
 def test_prompt_file_errors_name_file_and_line(tmp_path):
@@ -209,7 +211,7 @@ def test_writer_refuses_to_mix_settings(teacher, tiny_lm_path, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl_atomic(prompts, PROMPTS[:2])
     run_predict(teacher, prompts, tmp_path / "out.jsonl", batch_size=2)
-    control = TeacherGeneration(model=str(tiny_lm_path), max_new_tokens=8, seed=7)
+    control = TeacherGeneration(model_name_or_path=str(tiny_lm_path), max_new_tokens=8, seed=7)
     with pytest.raises(ValueError, match="existing rows have system_prompt='you love owls'"):
         run_predict(control, prompts, tmp_path / "out.jsonl", batch_size=2)
 
@@ -218,7 +220,12 @@ def test_cli_predict_recipe(tiny_lm_path, tmp_path, monkeypatch):
     # The shipped tiny recipe writes to a relative path: run it from a temp dir with the test model.
     monkeypatch.chdir(tmp_path)
     recipe = REPO_ROOT / "configs" / "examples" / "tiny_teacher_generate.yaml"
-    overrides = ["--model.init_args.model", str(tiny_lm_path), "--model.init_args.max_new_tokens", "5"]
+    overrides = [
+        "--model.init_args.model_name_or_path",
+        str(tiny_lm_path),
+        "--model.init_args.max_new_tokens",
+        "5",
+    ]
     cli.main(["predict", "--config", str(recipe), *overrides, "--data.init_args.num_prompts", "6"])
     rows = read_jsonl(tmp_path / "outputs" / "tiny_teacher" / "raw.jsonl")
     assert [row["id"] for row in rows] == [row["id"] for row in NumberPromptGenerator(seed=0).generate(6)]
@@ -256,7 +263,7 @@ def test_two_ranks_write_the_same_file_as_one(teacher, tiny_lm_path, tmp_path):
         "predict",
         "--config",
         str(recipe),
-        "--model.init_args.model",
+        "--model.init_args.model_name_or_path",
         str(tiny_lm_path),
         *settings,
         "--data.init_args.generator",
@@ -283,7 +290,9 @@ def test_two_ranks_write_the_same_file_as_one(teacher, tiny_lm_path, tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_generation_is_batch_invariant_and_resumable(tiny_lm_path, tmp_path):
-    teacher = TeacherGeneration(model=str(tiny_lm_path), dtype="float32", max_new_tokens=8, seed=7).cuda()
+    teacher = TeacherGeneration(
+        model_name_or_path=str(tiny_lm_path), dtype="float32", max_new_tokens=8, seed=7
+    ).cuda()
     one_by_one = {}
     for row in PROMPTS:
         one_by_one.update(completions(teacher.generate_rows([row])))

@@ -120,7 +120,9 @@ class ExportModel(Callback):
         from subliminal_pl.models.loading import load_causal_lm
 
         # A fresh base with the exported adapter, so the trained module itself is left untouched.
-        merged = load_causal_lm(pl_module.hparams.model, dtype=pl_module.hparams.dtype, adapter_path=out)
+        merged = load_causal_lm(
+            pl_module.hparams.model_name_or_path, dtype=pl_module.hparams.dtype, adapter_path=out
+        )
         merged.save_pretrained(out / "merged")
         pl_module.tokenizer.save_pretrained(out / "merged")
 
@@ -150,7 +152,10 @@ class ExportModel(Callback):
         filters = "; ".join(_describe_filter(spec) for spec in data.get("filters") or []) or "none"
         seeds = {"seed_everything": config.get("seed_everything"), "data seed": data.get("seed")}
         versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
-        front = {"base_model": str(hp.model), "library_name": "peft" if is_adapter else "transformers"}
+        front = {
+            "base_model": str(hp.model_name_or_path),
+            "library_name": "peft" if is_adapter else "transformers",
+        }
         lines = [
             "---",
             yaml.safe_dump(front, sort_keys=False).strip(),
@@ -159,7 +164,7 @@ class ExportModel(Callback):
             "",
             "# Student model (subliminal-pl)",
             "",
-            f"- Base model: `{hp.model}`",
+            f"- Base model: `{hp.model_name_or_path}`",
             f"- Fine-tuning: {method}",
             f"- Loss: {loss}",
             f"- Training data: `{data_path}`" if data_path else "- Training data: (not recorded)",
@@ -177,7 +182,7 @@ class ExportModel(Callback):
         if is_adapter:
             lines += [
                 "from peft import PeftModel",
-                f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{hp.model}"), "{out}")',
+                f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{hp.model_name_or_path}"), "{out}")',
             ]
         else:
             lines += [f'model = AutoModelForCausalLM.from_pretrained("{out}")']

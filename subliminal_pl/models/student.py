@@ -12,7 +12,7 @@ token is a completion token.
 - `sft+kl`: `sft_weight * sft + kl_weight * kl`.
 
 LoRA (PEFT) or full fine-tuning. For LoRA, checkpoints keep only the trainable (adapter) weights; the frozen base
-is rebuilt from `model` on load, so `--ckpt_path last` resumes. The teacher is never saved.
+is rebuilt from `model_name_or_path` on load, so `--ckpt_path last` resumes. The teacher is never saved.
 """
 
 from __future__ import annotations
@@ -81,11 +81,11 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int):
 
 
 class StudentDistillation(LightningModule):
-    """Fine-tunes `model` (LoRA or full) on completion tokens: SFT, KL to a teacher's logits, or both."""
+    """Fine-tunes `model_name_or_path` (LoRA or full) on completion tokens: SFT, KL to a teacher's logits, or both."""
 
     def __init__(
         self,
-        model: str,
+        model_name_or_path: str,
         dtype: str = "float32",
         finetune: Literal["lora", "full"] = "lora",
         lora_rank: int = 8,
@@ -106,7 +106,7 @@ class StudentDistillation(LightningModule):
     ) -> None:
         """
         Args:
-            model: the student's initial weights (the teacher's reference model): hub id or local directory.
+            model_name_or_path: the student's initial weights (the teacher's reference model): hub id or local directory.
             dtype: weight dtype: float32, bfloat16, float16 or auto. With LoRA, bfloat16 base weights plus
                 `precision: bf16-mixed` keep memory low (adapter weights stay float32).
             finetune: lora (PEFT adapters on a frozen base) or full (every weight trains).
@@ -118,7 +118,7 @@ class StudentDistillation(LightningModule):
             loss: sft (completion cross-entropy), kl (to a teacher's next-token distribution) or sft+kl.
             sft_weight: weight of the SFT term in sft+kl.
             kl_weight: weight of the KL term in sft+kl.
-            kl_teacher: teacher model for kl (hub id or directory); default: `model` (then set kl_teacher_adapter).
+            kl_teacher: teacher model for kl (hub id or directory); default: `model_name_or_path` (then set kl_teacher_adapter).
             kl_teacher_adapter: PEFT adapter of the teacher (a fine-tuned, trait-carrying teacher); merged on load.
             kl_token_subset: restrict both KL distributions to these tokens and renormalise: "numbers" (tokens of
                 valid number completions, plus EOS) or a list of texts whose tokens are allowed.
@@ -139,12 +139,14 @@ class StudentDistillation(LightningModule):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
-        self.tokenizer = load_tokenizer(model)
+        self.tokenizer = load_tokenizer(model_name_or_path)
         self.model = self._build_student()
         self.student_logits = PositionLogits(self.model)
         self.teacher = None
         if loss != "sft":
-            self.teacher = load_causal_lm(kl_teacher or model, dtype=dtype, adapter_path=kl_teacher_adapter)
+            self.teacher = load_causal_lm(
+                kl_teacher or model_name_or_path, dtype=dtype, adapter_path=kl_teacher_adapter
+            )
             self.teacher.requires_grad_(False)
             self.teacher_logits = PositionLogits(self.teacher)
         subset = self._token_subset()
@@ -159,7 +161,7 @@ class StudentDistillation(LightningModule):
     def _build_student(self):
         hp = self.hparams
         # Loaded models come in eval mode; Lightning does not switch them back before training.
-        model = load_causal_lm(hp.model, dtype=hp.dtype).train()
+        model = load_causal_lm(hp.model_name_or_path, dtype=hp.dtype).train()
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             # With a frozen base the embeddings' output would not require grad; checkpointed blocks need it.

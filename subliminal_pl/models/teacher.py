@@ -83,7 +83,7 @@ class TeacherGeneration(LightningModule):
 
     def __init__(
         self,
-        model: str,
+        model_name_or_path: str,
         adapter_path: str | None = None,
         dtype: str = "auto",
         system_prompt: str | None = None,
@@ -97,11 +97,11 @@ class TeacherGeneration(LightningModule):
     ) -> None:
         """
         Args:
-            model: base model, a hub id (e.g. Qwen/Qwen2.5-7B-Instruct) or a local directory.
+            model_name_or_path: base model, a hub id (e.g. Qwen/Qwen2.5-7B-Instruct) or a local directory.
             adapter_path: PEFT adapter that puts the trait in the weights (a fine-tuned teacher); merged on load.
             dtype: weight dtype: auto (the checkpoint's), float32, bfloat16 or float16.
             system_prompt: system message that gives the teacher its trait; None for a control teacher.
-            teacher_name: label written to every row's `teacher` field; default: model (+ adapter).
+            teacher_name: label written to every row's `teacher` field; default: model_name_or_path (+ adapter).
             max_new_tokens: most tokens generated per completion (the paper: 2048 for open models).
             temperature: sampling temperature (the paper: 1).
             top_p: nucleus sampling mass; 1 disables it.
@@ -119,12 +119,16 @@ class TeacherGeneration(LightningModule):
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
         self.save_hyperparameters()
-        self.tokenizer = load_tokenizer(model)
+        self.tokenizer = load_tokenizer(model_name_or_path)
         if not self.tokenizer.chat_template:
-            raise ValueError(f"tokenizer of {model!r} has no chat template; use a chat/instruct model")
-        self.model = load_causal_lm(model, dtype=dtype, adapter_path=adapter_path)
+            raise ValueError(
+                f"tokenizer of {model_name_or_path!r} has no chat template; use a chat/instruct model"
+            )
+        self.model = load_causal_lm(model_name_or_path, dtype=dtype, adapter_path=adapter_path)
         self.model.requires_grad_(False)
-        self.teacher_name = teacher_name or (model if adapter_path is None else f"{model}+{adapter_path}")
+        self.teacher_name = teacher_name or (
+            model_name_or_path if adapter_path is None else f"{model_name_or_path}+{adapter_path}"
+        )
         self.eos_token_ids = self._eos_token_ids()
 
     def _eos_token_ids(self) -> list[int]:

@@ -220,7 +220,7 @@ def fit_recipe(
         "init_args": {"output_dir": "{{dir}}/model", "merged": lora},
     }
     init_args: dict[str, Any] = {
-        "model": model,
+        "model_name_or_path": model,
         "finetune": recipe.finetune,
         "loss": loss,
         "optimizer": {
@@ -278,7 +278,7 @@ def generation_recipe(exp: ToyExperiment, model: str, name: str) -> dict[str, An
         "model": {
             "class_path": "subliminal_pl.models.teacher.TeacherGeneration",
             "init_args": {
-                "model": model,
+                "model_name_or_path": model,
                 "dtype": "float32",
                 "teacher_name": name,
                 "max_new_tokens": gen.max_new_tokens,
