@@ -520,11 +520,21 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
     }
     report_needs = ["probes", *(f"filter-{s}" for s in sources)] + (["mlp"] if mlp_results else [])
     # The report is cheap and its code changes more often than the rest: its source is part of its hash.
-    report_source = Path(__file__).resolve().parents[1] / "report.py"
+    report_source = Path(__file__).resolve().parents[1] / "report" / "__init__.py"
     stages.append(
         Stage(
             "report",
-            [[PY, "-m", "subliminal_pl.report", "--manifest", "{{dir}}/manifest.json", "--out", "{{dir}}"]],
+            [
+                [
+                    PY,
+                    "-m",
+                    "subliminal_pl.report",
+                    "--manifest",
+                    "{{dir}}/manifest.json",
+                    "--output_dir",
+                    "{{dir}}",
+                ]
+            ],
             needs=report_needs,
             config={"report_code": hashlib.sha256(report_source.read_bytes()).hexdigest()[:12]},
             files={"manifest.json": _json(manifest)},

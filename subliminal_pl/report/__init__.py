@@ -575,12 +575,8 @@ def main(argv: list[str]) -> None:
         prog="python -m subliminal_pl.report", description=__doc__.splitlines()[0], default_env=False
     )
     parser.add_argument("--manifest", type=str, required=True, help="manifest.json written by the pipeline")
-    parser.add_argument("--out", type=str, required=True, help="folder for report.md, results.json and PNGs")
+    parser.add_argument(
+        "--output_dir", type=str, required=True, help="folder for report.md, results.json and PNGs"
+    )
     args = parser.parse_args(argv)
-    print(f"wrote {write_report(args.manifest, args.out)}")
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
+    print(f"wrote {write_report(args.manifest, args.output_dir)}")
