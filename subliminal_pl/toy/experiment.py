@@ -349,13 +349,15 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
     if exp.base_seed in exp.cross_base_seeds or len(set(exp.cross_base_seeds)) != len(exp.cross_base_seeds):
         raise PipelineError("base_seed and cross_base_seeds must all differ")
     world_file = yaml.safe_dump({"world": asdict(world)}, sort_keys=False)
-    build = _module("subliminal_pl.toy.world", "build", "--config", "{{dir}}/world.yaml", "--out", "{{dir}}")
+    build = _module(
+        "subliminal_pl.toy.world", "build", "--config", "{{dir}}/world.yaml", "--output_dir", "{{dir}}"
+    )
     stages = [Stage("world", [build], files={"world.yaml": world_file})]
 
     # Bases: random init, then pretraining on the corpus with the student fit module.
     base_names = {seed: f"base-s{seed}" for seed in [exp.base_seed, *exp.cross_base_seeds]}
     for seed, name in base_names.items():
-        init = {"tokenizer_dir": "{{dir:world}}/tokenizer", "out_dir": "{{dir}}/init", "seed": seed}
+        init = {"tokenizer_dir": "{{dir:world}}/tokenizer", "output_dir": "{{dir}}/init", "seed": seed}
         init.update(asdict(exp.model))
         recipe = fit_recipe(exp, exp.pretrain, seed, "{{dir}}/init", "{{dir:world}}/corpus.jsonl")
         make_init = _module("subliminal_pl.toy.world", "init", "--config", "{{dir}}/init.yaml")
@@ -371,7 +373,7 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
         name = f"teacher-{trait}"
         rows = _module(
             "subliminal_pl.toy.world", "traits", "--config", "{{dir:world}}/world.yaml", "--trait", trait,
-            "--rows", str(exp.teacher.rows), "--seed", str(exp.teacher.seed), "--out", "{{dir}}/traits.jsonl",
+            "--rows", str(exp.teacher.rows), "--seed", str(exp.teacher.seed), "--output", "{{dir}}/traits.jsonl",
         )  # fmt: skip
         if exp.teacher.number_rows:
             rows += ["--number_rows", str(exp.teacher.number_rows)]
@@ -396,7 +398,7 @@ def build_stages(exp: ToyExperiment, repo_root: Path | None = None) -> tuple[lis
                 keep=["raw.jsonl", "raw.jsonl.parts"],
             )
         )
-        filters = yaml.safe_dump({"filters": exp.filters}, sort_keys=False)
+        filters = yaml.safe_dump({"steps": exp.filters}, sort_keys=False)
         run_filter = _module(
             "subliminal_pl.stages", "filter", "--config", "{{dir}}/filters.yaml",
             "--input", f"{_dir(gen_name)}/raw.jsonl", "--output", "{{dir}}/kept.jsonl",
