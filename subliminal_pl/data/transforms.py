@@ -5,7 +5,7 @@ the cache hash, applied in order with the filters by `prepare_rows`. A per-row t
 `transform(row)`, which returns a new row (never the input modified in place) or None when the row is not one it
 applies to (the row then goes on unchanged). Its stats count `changed` (rewritten rows), `unchanged` (rows it
 applied to that came out identical) and `skipped` (rows it does not apply to). A transform over the whole set
-(`CapRows`) overrides `apply` instead.
+(`CapRows`) subclasses `DataStep` directly, with `kind = "transform"`, and implements `apply`.
 
 Randomness is seeded per row (by the row's `id`), so a row is rewritten the same way whatever rows come before
 it, and a rerun gives the same file.
