@@ -9,6 +9,8 @@ from collections import Counter
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from subliminal_pl.data.filters import DuplicateFilter, NumberSequenceFilter, parse_numbers
 from subliminal_pl.data.jsonl import DataError
@@ -41,6 +43,29 @@ def test_shuffle_numbers_keeps_count_format_and_digits_and_changes_the_order():
     # 4 numbers: a random order equals the original 1 time in 24, so most of 50 rows change.
     assert stats["changed"] + stats["unchanged"] == 50 and stats["skipped"] == 0
     assert stats["changed"] >= 40
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    numbers=st.lists(
+        st.integers(0, 999).map(str) | st.sampled_from(["007", "00", "010"]), min_size=1, max_size=12
+    ),
+    separator=st.sampled_from([", ", ",", ";", "; ", " ", "\n", " , "]),
+    brackets=st.sampled_from(["", "[]", "()"]),
+    period=st.booleans(),
+    row_id=st.integers(0, 10**6),
+)
+def test_shuffled_text_is_a_permutation_of_the_numbers_in_the_same_format(
+    numbers, separator, brackets, period, row_id
+):
+    body = separator.join(numbers)
+    text = (f"{brackets[0]}{body}{brackets[1]}" if brackets else body) + ("." if period else "")
+    assert parse_numbers(text) is not None
+    out = ShuffleNumbers(seed=0).transform({"id": row_id, "prompt": "p", "completion": text})["completion"]
+    digits = re.findall("[0-9]+", out)
+    assert sorted(digits) == sorted(numbers)
+    rebuilt = separator.join(digits)
+    assert out == (f"{brackets[0]}{rebuilt}{brackets[1]}" if brackets else rebuilt) + ("." if period else "")
 
 
 def test_shuffle_numbers_is_seeded_per_row_id_not_by_position():
