@@ -11,8 +11,8 @@ One small interface, `Judge.score(question, answer) -> JudgeResult`, three imple
 
 A bad reply never stops a run: it becomes an excluded result with the reason. Configuration errors (unknown
 criterion, rejected key, a redirect, an endpoint that never sent a usable answer or failed a whole batch) raise
-`JudgeError` early instead of excluding every answer. Every judge is also a callable on a data row, returning the score or NaN, which is the hook the data
-module's `JudgeFilter` expects.
+`JudgeError` early instead of excluding every answer. Every judge is also a callable on a data row, returning
+the score or NaN, which is the hook the data module's `JudgeFilter` expects.
 """
 
 from __future__ import annotations
