@@ -1,0 +1,159 @@
+"""Reliability under hostile conditions: concurrent runs, killed pipelines, umask, missing models, bad counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from subliminal_pl.pipeline import Pipeline, PipelineError, Stage
+from subliminal_pl.run_guard import LOCK_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------- one pipeline per output folder, no orphans
+
+# A stage that records its pid, then sleeps while the flag file exists (a long stage), else ends at once.
+SLEEPER = (
+    "import os, sys, time, pathlib; pid_file, flag = sys.argv[1:3]; "
+    "pathlib.Path(pid_file).write_text(str(os.getpid())); "
+    "[time.sleep(0.05) for _ in range(1200) if pathlib.Path(flag).exists()]"
+)
+
+
+def sleeper_stage(tmp: Path) -> Stage:
+    return Stage("sleepy", [[sys.executable, "-c", SLEEPER, str(tmp / "stage.pid"), str(tmp / "flag")]])
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _start_pipeline_process(tmp: Path) -> subprocess.Popen:
+    """A pipeline (one sleeping stage) in its own interpreter, as `subliminal-pl pipeline` runs."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_reliability_a import sleeper_stage
+        from subliminal_pl.pipeline import Pipeline
+        Pipeline([sleeper_stage(Path({str(tmp)!r}))], {str(tmp / "out")!r}, echo=print).run()
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    (tmp / "flag").write_text("")
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert _wait_for(lambda: (tmp / "stage.pid").is_file() and (tmp / "stage.pid").read_text()), (
+        "stage never started"
+    )
+    return process
+
+
+def test_a_second_pipeline_on_the_same_folder_is_refused_naming_the_first(tmp_path):
+    first = _start_pipeline_process(tmp_path)
+    try:
+        lines: list[str] = []
+        with pytest.raises(PipelineError) as caught:
+            Pipeline([sleeper_stage(tmp_path)], tmp_path / "out", echo=lines.append).run()
+        message = str(caught.value)
+        assert f"pid {first.pid} on host {socket.gethostname()}, started 20" in message
+        assert "in use by another pipeline" in message and f"kill {first.pid}" in message
+        assert _alive(int((tmp_path / "stage.pid").read_text()))  # the first run's stage was left alone
+    finally:
+        (tmp_path / "flag").unlink()
+        assert first.wait(30) == 0, first.stdout.read()
+    # Once the first run has ended, the folder is free again.
+    assert Pipeline([sleeper_stage(tmp_path)], tmp_path / "out", echo=lambda _: None).run() == {
+        "sleepy": "cached"
+    }
+
+
+def test_two_pipelines_in_threads_of_one_process_also_exclude_each_other(tmp_path):
+    (tmp_path / "flag").write_text("")
+    first = Pipeline([sleeper_stage(tmp_path)], tmp_path / "out", echo=lambda _: None)
+    thread = threading.Thread(target=first.run)
+    thread.start()
+    try:
+        assert _wait_for(lambda: (tmp_path / "stage.pid").is_file())
+        with pytest.raises(PipelineError, match=f"pid {os.getpid()} on host"):
+            Pipeline([sleeper_stage(tmp_path)], tmp_path / "out", echo=lambda _: None).run()
+    finally:
+        (tmp_path / "flag").unlink()
+        thread.join(30)
+
+
+def test_a_stale_lock_of_a_dead_pid_is_taken_over_with_a_note(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = {"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00", "command": "x"}
+    (out / LOCK_FILE).write_text(json.dumps(stale))
+    lines: list[str] = []
+    assert Pipeline([sleeper_stage(tmp_path)], out, echo=lines.append).run() == {"sleepy": "ran"}
+    note = [line for line in lines if line.startswith("note: taking over")]
+    assert len(note) == 1 and f"pid {dead.pid}" in note[0] and "is no longer running" in note[0]
+    assert (out / LOCK_FILE).read_text() == ""  # released at the end
+
+
+def test_a_lock_recorded_by_another_host_is_not_taken_over_silently(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).write_text(
+        json.dumps({"pid": 1, "host": "elsewhere", "started": "2026-01-01T00:00:00"})
+    )
+    with pytest.raises(PipelineError, match=rf"pid 1 on host elsewhere.*delete {out / LOCK_FILE}"):
+        Pipeline([sleeper_stage(tmp_path)], out, echo=lambda _: None).run()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_sigkill_of_the_pipeline_ends_its_stage_and_a_rerun_takes_over(tmp_path):
+    pipeline = _start_pipeline_process(tmp_path)
+    stage_pid = int((tmp_path / "stage.pid").read_text())
+    assert _alive(stage_pid)
+    pipeline.kill()
+    pipeline.wait()
+    assert _wait_for(lambda: not _alive(stage_pid), timeout=5), "the stage outlived its pipeline"
+    # A rerun finds no stray writer: it takes the dead run's lock over and redoes the unfinished stage.
+    (tmp_path / "flag").unlink()
+    lines: list[str] = []
+    assert Pipeline([sleeper_stage(tmp_path)], tmp_path / "out", echo=lines.append).run() == {"sleepy": "ran"}
+    assert any(f"pid {pipeline.pid}" in line and "no longer running" in line for line in lines)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_sighup_and_sigterm_stop_the_stages_and_release_the_lock(tmp_path, sig):
+    pipeline = _start_pipeline_process(tmp_path)
+    stage_pid = int((tmp_path / "stage.pid").read_text())
+    pipeline.send_signal(sig)
+    output = pipeline.communicate(timeout=30)[0].decode()
+    # Handled as Ctrl-C (Python ends an uncaught KeyboardInterrupt with SIGINT), not killed by the signal.
+    assert pipeline.returncode == -signal.SIGINT and "KeyboardInterrupt" in output, output
+    assert not _alive(stage_pid)
+    assert (tmp_path / "out" / LOCK_FILE).read_text() == ""
