@@ -157,3 +157,61 @@ def test_sighup_and_sigterm_stop_the_stages_and_release_the_lock(tmp_path, sig):
     assert pipeline.returncode == -signal.SIGINT and "KeyboardInterrupt" in output, output
     assert not _alive(stage_pid)
     assert (tmp_path / "out" / LOCK_FILE).read_text() == ""
+
+
+# ---------------------------------------------------------------- a missing model is one line, not a traceback
+
+
+def _cli_exit(argv: list[str]) -> str:
+    from subliminal_pl import cli
+
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    return str(caught.value.code)
+
+
+def test_predict_with_a_missing_model_directory_says_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "configs" / "examples" / "tiny_teacher_generate.yaml")
+    message = _cli_exit(
+        ["predict", "--config", config, "--model.init_args.model_name_or_path", "./no/such/model"]
+    )
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(
+        "subliminal-pl predict: cannot use --model.init_args.model_name_or_path=./no/such/model: "
+    )
+    assert (
+        "directory './no/such/model' does not exist: give a directory written by save_pretrained" in message
+    )
+
+
+def test_a_hub_id_while_offline_says_one_line_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = str(REPO / "configs" / "examples" / "tiny_teacher_generate.yaml")
+    message = _cli_exit(
+        ["predict", "--config", config, "--model.init_args.model_name_or_path=no-org/no-model"]
+    )
+    assert "\n" not in message
+    assert message.startswith(
+        "subliminal-pl predict: cannot use --model.init_args.model_name_or_path=no-org/no-model"
+    )
+    assert (
+        "downloads are switched off (HF_HUB_OFFLINE=1)" in message
+        and "hf download no-org/no-model" in message
+    )
+
+
+def test_fit_names_the_config_key_of_a_missing_model(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    recipe = yaml.safe_load((REPO / "configs" / "examples" / "tiny_student.yaml").read_text())
+    recipe["model"]["init_args"]["model_name_or_path"] = "./gone/base"
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    message = _cli_exit(["fit", "--config", str(tmp_path / "recipe.yaml")])
+    assert "\n" not in message
+    assert message.startswith(
+        "subliminal-pl fit: cannot use --model.init_args.model_name_or_path=./gone/base"
+    )
+    assert "'./gone/base' does not exist" in message
