@@ -215,3 +215,110 @@ def test_fit_names_the_config_key_of_a_missing_model(tmp_path, monkeypatch):
         "subliminal-pl fit: cannot use --model.init_args.model_name_or_path=./gone/base"
     )
     assert "'./gone/base' does not exist" in message
+
+
+# ---------------------------------------------------------------- file modes follow the umask; a full disk names the file
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_data_files_get_the_mode_the_umask_allows(tmp_path, umask, mode):
+    from subliminal_pl.data.jsonl import write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_jsonl_atomic(tmp_path / "rows.jsonl", [{"a": 1}])
+        write_json_atomic(tmp_path / "stats.json", {"kept": 1})
+        write_text_atomic(tmp_path / "README.md", "card")
+        write_text_atomic(tmp_path / "README.md", "card, rewritten")  # a replaced file too
+    finally:
+        os.umask(previous)
+    for name in ("rows.jsonl", "stats.json", "README.md"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_full_disk_while_appending_names_the_file():
+    from subliminal_pl.data.jsonl import append_jsonl
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    with pytest.raises(OSError, match=r"No space left on device while writing /dev/full") as caught:
+        append_jsonl("/dev/full", [{"id": "x", "completion": "1, 2, 3"}])
+    assert caught.value.errno == 28
+
+
+def test_a_full_disk_during_an_atomic_write_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from subliminal_pl.data import jsonl
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(jsonl.os, "fsync", full)
+    target = tmp_path / "filtered.jsonl"
+    with pytest.raises(OSError, match=rf"No space left on device while writing {target}: free space"):
+        jsonl.write_jsonl_atomic(target, [{"a": 1}])
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind, no partial target
+
+
+# ---------------------------------------------------------------- prompts: streamed to the file, counts checked
+
+
+def test_prompts_with_a_negative_count_is_a_clear_message(tmp_path):
+    message = _cli_exit(["prompts", "--count", "-5", "--output", str(tmp_path / "p.jsonl")])
+    assert message == "subliminal-pl prompts: --count must be at least 1, got -5"
+    message = _cli_exit(
+        ["prompts", "--count", "3", "--answer_count", "0", "--output", str(tmp_path / "p.jsonl")]
+    )
+    assert message == "subliminal-pl prompts: answer_count must be at least 1, got 0"
+    message = _cli_exit(
+        ["prompts", "--min_seed_count", "9", "--max_seed_count", "4", "--output", str(tmp_path / "p.jsonl")]
+    )
+    assert "min_seed_count..max_seed_count" in message and "got 9..4" in message
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_prompts_are_drawn_one_at_a_time_as_the_file_is_written(tmp_path, monkeypatch):
+    from subliminal_pl.data import prompts
+
+    drawn = []
+    draw = prompts.NumberPromptGenerator._draw_prompt
+
+    def counted_draw(self, rng):
+        drawn.append(1)
+        assert len(drawn) <= 1000, "prompts drawn far ahead of the writer (all built in memory first?)"
+        return draw(self, rng)
+
+    monkeypatch.setattr(prompts.NumberPromptGenerator, "_draw_prompt", counted_draw)
+    seen = []
+
+    def writer(path, rows):
+        assert not isinstance(rows, list)
+        for index, row in enumerate(rows):
+            assert len(drawn) == index + 1  # the next prompt is drawn only when the writer asks for it
+            seen.append(row["id"])
+            if index == 99:
+                break
+
+    monkeypatch.setattr(prompts, "write_jsonl_atomic", writer)
+    prompts.NumberPromptGenerator(seed=0).write(tmp_path / "p.jsonl", 50_000_000)
+    assert len(seen) == 100 and len(drawn) == 100
+
+
+def test_writing_many_prompts_keeps_memory_flat_and_matches_generate(tmp_path):
+    import tracemalloc
+
+    from subliminal_pl.data.jsonl import read_jsonl
+    from subliminal_pl.data.prompts import NumberPromptGenerator
+
+    generator = NumberPromptGenerator(seed=3)
+    tracemalloc.start()
+    try:
+        generator.write(tmp_path / "p.jsonl", 20_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A list of 20k rows holds ~10 MB of strings and dicts; streamed, the peak is the writer's buffer.
+    assert peak < 2_000_000, peak
+    rows = read_jsonl(tmp_path / "p.jsonl")
+    assert len(rows) == 20_000 and rows[:50] == generator.generate(50)
