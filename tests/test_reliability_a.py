@@ -322,3 +322,54 @@ def test_writing_many_prompts_keeps_memory_flat_and_matches_generate(tmp_path):
     assert peak < 2_000_000, peak
     rows = read_jsonl(tmp_path / "p.jsonl")
     assert len(rows) == 20_000 and rows[:50] == generator.generate(50)
+
+
+# ---------------------------------------------------------------- bad filter settings and unwritable outputs fail early
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_count": 0}, r"NumberSequenceFilter: max_count must be a whole number >= 1, got 0"),
+        ({"max_count": -3}, r"max_count must be a whole number >= 1, got -3"),
+        ({"max_count": 2.5}, r"max_count must be a whole number >= 1, got 2.5"),
+        ({"min_value": 500, "max_value": 100}, r"min_value \(500\) must not exceed max_value \(100\)"),
+    ],
+)
+def test_number_filter_settings_are_checked_naming_the_parameter(kwargs, message):
+    from subliminal_pl.data.filters import NumberSequenceFilter
+
+    with pytest.raises(ValueError, match=message):
+        NumberSequenceFilter(**kwargs)
+
+
+def test_length_filter_settings_are_checked_naming_the_parameter():
+    from subliminal_pl.data.filters import LengthFilter
+
+    with pytest.raises(ValueError, match=r"LengthFilter: min_chars must be >= 0, got -1"):
+        LengthFilter(min_chars=-1)
+    with pytest.raises(ValueError, match=r"LengthFilter: max_chars \(3\) is below min_chars \(4\)"):
+        LengthFilter(min_chars=4, max_chars=3)
+
+
+def test_generation_writer_refuses_an_unwritable_folder_before_generating(tmp_path):
+    from subliminal_pl.callbacks.generation_writer import GenerationWriter
+
+    (tmp_path / "a_file").write_text("")
+    output = tmp_path / "a_file" / "raw.jsonl"
+    writer = GenerationWriter(str(output))
+    # Raised in setup, before the trainer or the model is used at all.
+    with pytest.raises(
+        OSError, match=rf"GenerationWriter: cannot write {output}: folder {output.parent} is not"
+    ):
+        writer.setup(None, None, "predict")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_generation_writer_refuses_a_read_only_folder(tmp_path):
+    from subliminal_pl.callbacks.generation_writer import GenerationWriter
+
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    with pytest.raises(OSError, match="Permission denied"):
+        GenerationWriter(str(folder / "raw.jsonl")).setup(None, None, "predict")
