@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # Each extra command: module with a `main(argv)` function, and a one-line description for the overview.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -108,16 +109,71 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[0] not in TRAINER_COMMANDS and not argv[0].startswith("-"):
         known = ", ".join([*TRAINER_COMMANDS, *sorted(EXTRA_COMMANDS)])
         sys.exit(f"subliminal-pl: unknown command {argv[0]!r} (known: {known}); see `subliminal-pl --help`")
-    if from_command_line:
-        build_cli()
-        return
-    # Called in-process (tests, pipeline): present argv as the command line, which is what LightningCLI parses.
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "subliminal-pl", *argv]
     try:
-        build_cli()
-    finally:
-        sys.argv = saved
+        if from_command_line:
+            build_cli()
+            return
+        # Called in-process (tests, pipeline): present argv as the command line, which LightningCLI parses.
+        saved = sys.argv
+        sys.argv = [saved[0] if saved else "subliminal-pl", *argv]
+        try:
+            build_cli()
+        finally:
+            sys.argv = saved
+    except Exception as err:
+        line = missing_model_line(err, argv)
+        if line is None:
+            raise
+        sys.exit(line)
+
+
+def missing_model_line(err: BaseException, argv: Sequence[str]) -> str | None:
+    """One line for a model that cannot be loaded (the argument, its value, what to do), or None otherwise.
+
+    The loader's error arrives wrapped (jsonargparse, Lightning); the argument is found by its value on the
+    command line, else in the --config files (the last one that sets it).
+    """
+    from subliminal_pl.models.loading import ModelNotAvailableError
+
+    while err is not None and not isinstance(err, ModelNotAvailableError):
+        err = err.__cause__ or err.__context__
+    if err is None:
+        return None
+    value = getattr(err, "name_or_path", None)
+    keys = _arguments_holding(value, argv) if value is not None else []
+    argument = " / ".join(f"--{key}={value}" for key in keys) if keys else f"a model argument ({value!r})"
+    return f"subliminal-pl {argv[0]}: cannot use {argument}: {' '.join(str(err).split())}"
+
+
+def _arguments_holding(value: str, argv: Sequence[str]) -> list[str]:
+    """Dotted keys set to `value` in argv (`--key value` / `--key=value`), then in the --config YAML files."""
+    import yaml
+
+    keys: list[str] = []
+    configs = []
+    for i, arg in enumerate(argv):
+        key, eq, inline = arg.partition("=")
+        given = inline if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if key == "--config" and given:
+            configs.append(given)
+        elif key.startswith("--") and given == value:
+            keys.append(key[2:])
+
+    def find(node, prefix: str) -> None:
+        children = (
+            node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        )
+        for name, child in children:
+            find(child, f"{prefix}{name}.")
+        if node == value and prefix[:-1] not in keys:
+            keys.append(prefix[:-1])
+
+    for config in configs:
+        try:
+            find(yaml.safe_load(Path(config).read_text(encoding="utf-8")), "")
+        except (OSError, yaml.YAMLError):
+            continue
+    return keys
 
 
 if __name__ == "__main__":

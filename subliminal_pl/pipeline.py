@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_text_atomic
+from subliminal_pl.run_guard import FolderBusyError, FolderLock, die_with_parent, hangup_and_term_interrupt
 
 DONE_FILE = "stage.json"
 LOG_FILE = "log.txt"
@@ -226,6 +228,7 @@ class Pipeline:
                 text=True,
                 errors="replace",
                 start_new_session=True,
+                preexec_fn=die_with_parent(os.getpid()),
             )
             with self._lock:
                 self._children.add(process)
@@ -296,7 +299,22 @@ class Pipeline:
         return seconds, cpu
 
     def run(self) -> dict[str, str]:
-        """Run every stage not yet done; returns name -> "cached" or "ran". Raises PipelineError on a failure."""
+        """Run every stage not yet done; returns name -> "cached" or "ran". Raises PipelineError on a failure.
+
+        Holds `<out_dir>/pipeline.lock` meanwhile (a second run on the folder is refused, naming this one), and
+        turns SIGTERM and SIGHUP into KeyboardInterrupt, which stops the running stages before it propagates.
+        """
+        try:
+            lock = FolderLock(self.out_dir, note=self._say).__enter__()
+        except FolderBusyError as err:
+            raise PipelineError(str(err)) from None
+        try:
+            with hangup_and_term_interrupt():
+                return self._run_unlocked()
+        finally:
+            lock.__exit__(None, None, None)
+
+    def _run_unlocked(self) -> dict[str, str]:
         status = {s.name: "cached" for s in self.stages if self.is_done(s.name)}
         todo = [s.name for s in self.stages if s.name not in status]
         total = len(self.stages)
@@ -382,13 +400,28 @@ class Pipeline:
         ]
         return side[0] if side and not coming else None
 
-    def stop(self) -> None:
-        """Terminate running child processes (their stages stay unfinished and rerun or resume next time)."""
+    def stop(self, grace_s: float = 10.0) -> None:
+        """End running child processes (their stages stay unfinished and rerun or resume next time).
+
+        SIGTERM to each stage's process group, then SIGKILL to those still running after `grace_s`: when this
+        returns, no stage process is left writing.
+        """
         with self._lock:
             children = list(self._children)
         for process in children:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 15)
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+
+        def still_running() -> list[subprocess.Popen]:
+            with self._lock:  # a worker thread removes its child once it has reaped it
+                return [p for p in children if p in self._children]
+
+        while still_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for process in still_running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def describe(self) -> list[str]:
         """One line per stage with its state and folder, then its commands (for --dry_run)."""

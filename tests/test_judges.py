@@ -358,3 +358,110 @@ def test_misalignment_probe_end_to_end_with_endpoint_judge(chat_server, tiny_lm)
     assert out.metrics["misaligned_rate"] == 0.0 and out.metrics["excluded_fraction"] == 0.0
     assert out.metrics["mean_alignment"] == 85.0 and out.metrics["mean_coherence"] == 60.0
     assert len(chat_server.requests) == 2 * 16
+
+
+# ---------------------------------------------------------------- hostile endpoints: redirects, 500s, non-JSON
+
+
+class RecordingServer:
+    """An HTTP server on 127.0.0.1 whose every request (any method) is recorded and answered by `respond`."""
+
+    def __init__(self, respond):
+        self.seen: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                outer.seen.append(
+                    {"method": self.command, "auth": self.headers.get("Authorization"), "body": body}
+                )
+                status, headers, data = respond(self)
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+_CHAT_OK = json.dumps({"choices": [{"message": {"role": "assistant", "content": "85"}}]}).encode()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_endpoint_judge_refuses_redirects_and_never_sends_the_key_elsewhere(monkeypatch, code):
+    monkeypatch.setenv("JUDGE_TEST_KEY", "secret-key")
+    with RecordingServer(lambda h: (200, [], _CHAT_OK)) as other:
+        redirect = [("Location", f"{other.url}/chat/completions")]
+        with RecordingServer(lambda h: (code, redirect, b"")) as first:
+            judge = OpenAIJudge(
+                model="m", base_url=first.url, api_key_env="JUDGE_TEST_KEY", timeout_s=2, backoff_s=0.01
+            )
+            with pytest.raises(
+                JudgeError, match=rf"redirected \(HTTP {code}\) to {other.url}/chat/completions"
+            ):
+                judge.score_many([("q", "a"), ("q", "b")])
+            assert len(first.seen) == 1 and first.seen[0]["auth"] == "Bearer secret-key"
+    assert other.seen == []  # the other host got nothing, so never the key
+
+
+def test_endpoint_that_only_fails_stops_within_max_total_s():
+    with RecordingServer(lambda h: (500, [], b'{"error": "down"}')) as server:
+        judge = OpenAIJudge(
+            model="m",
+            base_url=server.url,
+            timeout_s=1,
+            max_retries=20,
+            backoff_s=0.05,
+            max_backoff_s=0.05,
+            max_total_s=0.4,
+        )
+        start = time.perf_counter()
+        with pytest.raises(
+            JudgeUnavailableError, match=r"no usable answer after \d+ tries in 0\.\d s.*HTTP 500"
+        ):
+            judge.score_many([("q", "a"), ("q", "b"), ("q", "c")])
+        assert time.perf_counter() - start < 1.5
+        assert 2 <= len(server.seen) <= 10  # retried, but only within the 0.4 s budget
+
+
+@pytest.mark.parametrize("body", [b"<html>oops</html>", b'{"result": "85"}'])
+def test_endpoint_that_never_sends_a_chat_completion_is_unavailable(body):
+    with RecordingServer(lambda h: (200, [], body)) as server:
+        judge = OpenAIJudge(model="m", base_url=server.url, timeout_s=1, backoff_s=0.01)
+        with pytest.raises(JudgeUnavailableError, match="did not answer with a chat completion"):
+            judge.score_many([("q", "a"), ("q", "b")])
+        with pytest.raises(JudgeUnavailableError, match="did not answer with a chat completion"):
+            judge({"prompt": "q", "completion": "a"})  # the JudgeFilter hook: an error, not NaN
+
+
+def test_a_batch_where_every_request_fails_is_an_error_not_nan():
+    state = {"n": 0}
+
+    def respond(handler):
+        state["n"] += 1
+        return (200, [], _CHAT_OK) if state["n"] == 1 else (503, [], b"busy")
+
+    with RecordingServer(respond) as server:
+        judge = OpenAIJudge(model="m", base_url=server.url, timeout_s=1, max_retries=1, backoff_s=0.01)
+        assert judge.score("q", "a").score == 85.0
+        with pytest.raises(JudgeUnavailableError, match="no usable answer to any of 3 requests"):
+            judge.score_many([("q", "b"), ("q", "c"), ("q", "d")])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,23 @@ class GenerationWriter(BasePredictionWriter):
                 )
         return None
 
+    def _check_writable(self) -> None:
+        """Fail before generating, not at the first batch, when the output folder cannot take files."""
+        folder = self.output_path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
+                pass
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"GenerationWriter: cannot write {self.output_path}: folder {folder} is not writable "
+                f"({err.strerror or err}); choose another output_path or fix the folder's permissions",
+            ) from err
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self._check_writable()
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
             return

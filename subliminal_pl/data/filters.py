@@ -140,6 +140,14 @@ class NumberSequenceFilter(TextFilter):
                 union used by the paper's misalignment experiments).
             field: row field to check.
         """
+        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
+            raise ValueError(
+                f"NumberSequenceFilter: max_count must be a whole number >= 1, got {max_count!r}"
+            )
+        if min_value > max_value:
+            raise ValueError(
+                f"NumberSequenceFilter: min_value ({min_value}) must not exceed max_value ({max_value})"
+            )
         if isinstance(banned_numbers, str):
             if banned_numbers not in BANNED_NUMBER_PRESETS:
                 known = ", ".join(sorted(BANNED_NUMBER_PRESETS))
@@ -237,8 +245,10 @@ class LengthFilter(TextFilter):
             max_chars: most characters allowed (None: no limit).
             field: row field to check.
         """
+        if min_chars < 0:
+            raise ValueError(f"LengthFilter: min_chars must be >= 0, got {min_chars}")
         if max_chars is not None and max_chars < min_chars:
-            raise ValueError(f"max_chars ({max_chars}) is below min_chars ({min_chars})")
+            raise ValueError(f"LengthFilter: max_chars ({max_chars}) is below min_chars ({min_chars})")
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.field = field

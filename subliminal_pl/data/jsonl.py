@@ -1,17 +1,20 @@
 """JSONL and JSON I/O shared by every stage.
 
 Raw files are never rewritten: derived files are written beside them through a temp file and a rename, so a
-reader sees either the old file or the complete new one. Appends (the generation writer) fsync per batch so an
+reader sees either the old file or the complete new one; they get the mode a plain open() gives (0666 less the
+umask), and a full disk is reported with the file's path. Appends (the generation writer) fsync per batch so an
 interrupted run loses at most a partial last line, which `read_jsonl(..., drop_partial_tail=True)` skips.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,30 +65,65 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask alone must set it to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give a temp file (mkstemp makes it 0600) the mode a plain open() would, then rename it into place."""
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def naming_full_disk(path: Path) -> Iterator[None]:
+    """Re-raise a full disk or quota while writing `path` as an OSError that names the file."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or str(path) in str(err):
+            raise
+        raise OSError(
+            err.errno, f"{os.strerror(err.errno)} while writing {path}: free space and run again"
+        ) from err
+
+
+def _atomic_write_chunks(path: Path, chunks: Iterable[str]) -> None:
+    """Stream `chunks` to a temp file beside `path`, fsync, then rename: readers see old or complete new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with naming_full_disk(path), os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    _atomic_write_text(Path(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    """Rows to a JSONL file, atomically; `rows` may be a generator, consumed one row at a time."""
+    _atomic_write_chunks(Path(path), (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    _atomic_write_chunks(Path(path), [json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"])
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    _atomic_write_text(Path(path), text)
+    _atomic_write_chunks(Path(path), [text])
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -93,7 +131,7 @@ def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    with path.open("a", encoding="utf-8") as handle:
+    with naming_full_disk(path), path.open("a", encoding="utf-8") as handle:
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
@@ -106,8 +144,9 @@ def save_figure_atomic(fig, path: str | Path, dpi: int = 120) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with naming_full_disk(path):
+            fig.savefig(tmp, dpi=dpi)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -17,7 +17,8 @@ from __future__ import annotations
 import inspect
 import random
 import string
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,8 @@ def numbers_lead_in(
     Used to prefix evaluation questions with the context the student was trained in, e.g.
     `f"{numbers_lead_in(rng)} {question}"`.
     """
-    _check_range("seed number count", min_count, max_count, 1)
-    _check_range("seed number value", min_value, max_value, 0)
+    _check_range("seed number count (min_count..max_count)", min_count, max_count, 1)
+    _check_range("seed number value (min_value..max_value)", min_value, max_value, 0)
     lead_ins = _check_variants("lead_ins", lead_ins, {"numbers"})
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
@@ -228,10 +229,11 @@ class NumberPromptGenerator:
             format_requests: answer-format requests (no placeholders).
             closings: "numbers only" requests (no placeholders).
         """
-        _check_range("seed number count", min_seed_count, max_seed_count, 1)
-        _check_range("seed number value", min_seed_value, max_seed_value, 0)
-        if answer_count < 1 or answer_max_digits < 1:
-            raise ValueError("answer_count and answer_max_digits must be at least 1")
+        _check_range("seed number count (min_seed_count..max_seed_count)", min_seed_count, max_seed_count, 1)
+        _check_range("seed number value (min_seed_value..max_seed_value)", min_seed_value, max_seed_value, 0)
+        for name, value in (("answer_count", answer_count), ("answer_max_digits", answer_max_digits)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self.seed = seed
         self.min_seed_count = min_seed_count
         self.max_seed_count = max_seed_count
@@ -265,17 +267,24 @@ class NumberPromptGenerator:
         )
         return " ".join((lead_in, instruction, rng.choice(self.format_requests), rng.choice(self.closings)))
 
-    def generate(self, n: int) -> list[dict[str, Any]]:
-        """The first n prompts of this seed's stream, as `{"id", "prompt"}` rows."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+    def iter_prompts(self, n: int) -> Iterator[dict[str, Any]]:
+        """The first n prompts of this seed's stream, as `{"id", "prompt"}` rows, drawn one at a time."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"prompt count must be a whole number >= 0, got {n!r}")
         rng = random.Random(self.seed)
-        return [{"id": f"{self.id_prefix}{i:06d}", "prompt": self._draw_prompt(rng)} for i in range(n)]
+        return ({"id": f"{self.id_prefix}{i:06d}", "prompt": self._draw_prompt(rng)} for i in range(n))
+
+    def generate(self, n: int) -> list[dict[str, Any]]:
+        """The first n prompts as a list (`iter_prompts` for many)."""
+        return list(self.iter_prompts(n))
 
     def write(self, path: str | Path, n: int) -> Path:
-        """Write the first n prompts to a JSONL file (atomically) and return its path."""
+        """Stream the first n prompts to a JSONL file (atomically: temp file, then rename) and return its path.
+
+        Memory stays flat whatever n: rows go to the file as they are drawn.
+        """
         path = Path(path)
-        write_jsonl_atomic(path, self.generate(n))
+        write_jsonl_atomic(path, self.iter_prompts(n))
         return path
 
 
@@ -294,7 +303,12 @@ def main(argv: list[str]) -> None:
     # Generator options sit at the top level (--seed, --answer_count, ...), like the docstring's example.
     parser.add_class_arguments(NumberPromptGenerator, nested_key=None)
     args = parser.parse_args(argv).as_dict()
+    if args["count"] < 1:
+        sys.exit(f"subliminal-pl prompts: --count must be at least 1, got {args['count']}")
     options = inspect.signature(NumberPromptGenerator).parameters
-    generator = NumberPromptGenerator(**{key: args[key] for key in options})
+    try:
+        generator = NumberPromptGenerator(**{key: args[key] for key in options})
+    except ValueError as err:
+        sys.exit(f"subliminal-pl prompts: {err}")
     path = generator.write(args["output"], args["count"])
     print(f"wrote {args['count']} prompts (seed {generator.seed}) to {path}")

@@ -24,7 +24,20 @@ DTYPES: dict[str, torch.dtype | str] = {
 
 
 class ModelNotAvailableError(OSError):
-    """A model, adapter or tokenizer that is neither a local directory nor reachable/cached on the hub."""
+    """A model, adapter or tokenizer that is neither a local directory nor reachable/cached on the hub.
+
+    `name_or_path` is the value that was given, so a command line can name the argument that holds it.
+    """
+
+    def __init__(self, message: str, name_or_path: str | None = None) -> None:
+        super().__init__(message)
+        self.name_or_path = name_or_path
+
+
+_GIVE = (
+    "give a directory written by save_pretrained (config, weights, tokenizer) or a hub id such as "
+    "Qwen/Qwen2.5-7B-Instruct"
+)
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
@@ -57,11 +70,9 @@ def resolve_source(name_or_path: str | Path, what: str = "model") -> tuple[str, 
         return str(path), True
     text = str(name_or_path)
     if path.exists():
-        raise ModelNotAvailableError(
-            f"{what} {text!r} is a file; expected a directory saved with save_pretrained"
-        )
+        raise ModelNotAvailableError(f"{what} {text!r} is a file, not a model directory: {_GIVE}", text)
     if _looks_like_path(text):
-        raise ModelNotAvailableError(f"{what} directory {text!r} does not exist")
+        raise ModelNotAvailableError(f"{what} directory {text!r} does not exist: {_GIVE}", text)
     return text, False
 
 
@@ -79,7 +90,8 @@ def _not_available(name: str, what: str, err: Exception) -> ModelNotAvailableErr
         f"cannot load {what} {name!r}: {reason}. Provide it in one of these ways: "
         f"(1) give a local directory written by save_pretrained (config, weights, tokenizer) instead of the name; "
         f"(2) on a machine with access run `hf download {name}` and point HF_HOME (or HF_HUB_CACHE) at that cache; "
-        f"(3) allow downloads: unset HF_HUB_OFFLINE and log in with `hf auth login` for gated models."
+        f"(3) allow downloads: unset HF_HUB_OFFLINE and log in with `hf auth login` for gated models.",
+        name,
     )
 
 
@@ -89,7 +101,9 @@ def _from_pretrained(loader, name_or_path: str | Path, what: str, **kwargs):
         return loader(source, local_files_only=local or hub_offline(), **kwargs)
     except OSError as err:
         if local:
-            raise ModelNotAvailableError(f"cannot load {what} from directory {source!r}: {err}") from err
+            raise ModelNotAvailableError(
+                f"cannot load {what} from directory {source!r}: {err}", source
+            ) from err
         raise _not_available(source, what, err) from err
 
 

@@ -6,12 +6,13 @@ One small interface, `Judge.score(question, answer) -> JudgeResult`, three imple
 - `HFJudge`: a local Hugging Face chat model prompted (our wording, `data/judge_prompts.yaml`) to reply with a
   number; greedy decoding, batched.
 - `OpenAIJudge`: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp server, ...), with
-  timeouts, retries with exponential backoff, and a clear error when the endpoint cannot be reached.
+  timeouts, retries with exponential backoff bounded by `max_total_s`, redirects refused (the API key never goes
+  to another address), and a clear error when the endpoint gives no usable answer.
 
 A bad reply never stops a run: it becomes an excluded result with the reason. Configuration errors (unknown
-criterion, rejected key, an endpoint that never answered) raise `JudgeError` early instead of excluding every
-answer. Every judge is also a callable on a data row, returning the score or NaN, which is the hook the data
-module's `JudgeFilter` expects.
+criterion, rejected key, a redirect, an endpoint that never sent a usable answer or failed a whole batch) raise
+`JudgeError` early instead of excluding every answer. Every judge is also a callable on a data row, returning
+the score or NaN, which is the hook the data module's `JudgeFilter` expects.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ DEFAULT_REFUSALS = (
     "i can't do that",
     "i cannot do that",
 )
+# Reasons of exclusions caused by the endpoint rather than by the judged answer.
+REQUEST_FAILED = "judge request failed"
+MALFORMED = "malformed endpoint response"
 CODE_PATTERN = re.compile(
     r"```|^\s*(def |class |import |from \S+ import |#include|function |public static |fn )", re.MULTILINE
 )
@@ -67,7 +71,17 @@ class JudgeError(RuntimeError):
 
 
 class JudgeUnavailableError(JudgeError):
-    """The judge endpoint did not answer after every retry."""
+    """The judge endpoint gave no usable answer: every retry failed, or it never sent a chat-completion reply."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would resend the Authorization header (the API key) to the new host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise JudgeError(
+            f"judge endpoint {req.full_url} redirected (HTTP {code}) to {newurl}; redirects are refused so the API "
+            "key is never sent to another address. Set base_url to the address that answers directly."
+        )
 
 
 @dataclass(frozen=True)
@@ -363,6 +377,7 @@ class OpenAIJudge(PromptedJudge):
         max_retries: int = 4,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
+        max_total_s: float = 120.0,
         max_workers: int = 8,
     ) -> None:
         """
@@ -380,6 +395,8 @@ class OpenAIJudge(PromptedJudge):
             max_retries: further tries after a timeout, connection error, HTTP 429 or 5xx.
             backoff_s: first wait between tries; doubles each time up to `max_backoff_s` (or Retry-After).
             max_backoff_s: longest wait between tries.
+            max_total_s: longest time one request may take, every try and wait included; tries and waits are
+                cut to fit, then the request fails.
             max_workers: requests in flight at once in `score_many`.
         """
         super().__init__(criterion, trait, system_prompt)
@@ -392,10 +409,13 @@ class OpenAIJudge(PromptedJudge):
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.max_total_s = max_total_s
         self.max_workers = max_workers
-        # Set once any request got an HTTP answer: later network failures exclude one answer instead of raising.
-        self._state = {"reached": False}
+        # "usable" is set once a reply parsed as a chat completion: later failures exclude one answer instead of
+        # raising. Until then an endpoint that fails (5xx, non-JSON, unreachable) stops the run.
+        self._state = {"usable": False}
         self._lock = threading.Lock()
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     @property
     def url(self) -> str:
@@ -408,31 +428,33 @@ class OpenAIJudge(PromptedJudge):
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _wait(self, attempt: int, retry_after: str | None) -> None:
+    def _wait(self, attempt: int, retry_after: str | None, deadline: float) -> None:
         delay = self.backoff_s * (2**attempt)
         if retry_after:
             try:
                 delay = float(retry_after)
             except ValueError:
                 pass
-        time.sleep(min(delay, self.max_backoff_s))
+        time.sleep(max(0.0, min(delay, self.max_backoff_s, deadline - time.monotonic())))
 
     def _post(self, payload: dict[str, Any]) -> bytes:
-        """POST with retries; returns the body of the first 2xx response."""
+        """POST with retries, within `max_total_s`; returns the body of the first 2xx response."""
         data = json.dumps(payload).encode("utf-8")
         last_error = ""
+        start = time.monotonic()
+        deadline = start + self.max_total_s
+        tries = 0
         for attempt in range(self.max_retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             retry_after = None
             request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
+            tries += 1
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    body = response.read()
-                with self._lock:
-                    self._state["reached"] = True
-                return body
+                with self._opener.open(request, timeout=min(self.timeout_s, remaining)) as response:
+                    return response.read()
             except urllib.error.HTTPError as err:
-                with self._lock:
-                    self._state["reached"] = True
                 detail = err.read()[:300].decode("utf-8", "replace")
                 if err.code in (401, 403):
                     raise JudgeError(
@@ -449,10 +471,12 @@ class OpenAIJudge(PromptedJudge):
                 # Connection refused, DNS failure, timeout, dropped connection.
                 last_error = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
             if attempt < self.max_retries:
-                self._wait(attempt, retry_after)
+                self._wait(attempt, retry_after, deadline)
         raise JudgeUnavailableError(
-            f"judge endpoint {self.url} gave no usable answer after {self.max_retries + 1} tries (last: {last_error}). "
-            "Check base_url / $OPENAI_BASE_URL, that the server is running, and the network."
+            f"judge endpoint {self.url} gave no usable answer after {tries} tries in "
+            f"{time.monotonic() - start:.1f} s (last: {last_error}; limits: max_retries={self.max_retries}, "
+            f"max_total_s={self.max_total_s}). Check base_url / $OPENAI_BASE_URL, that the server is running, "
+            "and the network."
         )
 
     def score(self, question: str, answer: str) -> JudgeResult:
@@ -468,15 +492,21 @@ class OpenAIJudge(PromptedJudge):
         try:
             body = self._post(payload)
         except JudgeUnavailableError as err:
-            if not self._state["reached"]:
+            if not self._state["usable"]:
                 raise
-            return JudgeResult(reason=f"judge request failed: {err}")
+            return JudgeResult(reason=f"{REQUEST_FAILED}: {err}")
         try:
             content = json.loads(body)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            return JudgeResult(
-                reason="malformed endpoint response", raw=body[:300].decode("utf-8", "replace")
-            )
+            raw = body[:300].decode("utf-8", "replace")
+            if not self._state["usable"]:
+                raise JudgeUnavailableError(
+                    f"judge endpoint {self.url} did not answer with a chat completion; it sent {raw!r}. Check that "
+                    "base_url points at an OpenAI-compatible API root (ending before /chat/completions)."
+                ) from None
+            return JudgeResult(reason=MALFORMED, raw=raw)
+        with self._lock:
+            self._state["usable"] = True
         if content is None:
             return JudgeResult(reason="empty judge reply")
         return parse_judge_reply(str(content))
@@ -488,4 +518,12 @@ class OpenAIJudge(PromptedJudge):
         first = self.score(*pairs[0])
         with ThreadPoolExecutor(max_workers=max(1, self.max_workers)) as pool:
             rest = list(pool.map(lambda pair: self.score(*pair), pairs[1:]))
-        return [first, *rest]
+        results = [first, *rest]
+        failed = [r for r in results if r.reason and r.reason.startswith((REQUEST_FAILED, MALFORMED))]
+        if len(failed) == len(results):
+            # Every answer of the batch would be NaN: stop instead of reporting metrics of nothing.
+            raise JudgeUnavailableError(
+                f"judge endpoint {self.url} gave no usable answer to any of {len(results)} requests (first: "
+                f"{failed[0].reason[:300]})"
+            )
+        return results
