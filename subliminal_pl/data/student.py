@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from subliminal_pl.data.chat import IGNORE_INDEX, PromptTooLongError, encode_prompt_completion
@@ -165,7 +165,8 @@ class StudentDataModule(LightningDataModule):
             filters: filters run in order on every raw row (see `subliminal_pl.data.filters`); none keeps all rows.
             max_samples: train on a seeded random subset of this many kept rows (the paper: 10000); None uses all.
             val_size: kept rows held out for validation, drawn before the training subset (0: no validation).
-            seed: seed of the validation split and the training subset.
+            seed: seed of the validation split, the training subset and the training order (each epoch's order
+                is a permutation drawn from (seed, epoch), so a resumed fit repeats no epoch's order).
             keep_system_prompt: keep system messages in training rows (default drops them, as the paper does).
             max_length: most tokens per row; longer rows lose the end of their completion, rows whose prompt
                 alone fills it are skipped with a warning.
@@ -317,20 +318,37 @@ class StudentDataModule(LightningDataModule):
             )
         return encoded
 
-    def _loader(self, rows: list[Encoded] | None, shuffle: bool) -> DataLoader:
+    def _loader(self, rows: list[Encoded] | None, sampler: Sampler | None = None) -> DataLoader:
         if rows is None or self._collator is None:
             raise RuntimeError("StudentDataModule.setup() must run before its dataloaders are requested")
         return DataLoader(
             rows,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            shuffle=False,
             num_workers=self.num_workers,
             collate_fn=self._collator,
         )
 
+    def train_sampler(self) -> DistributedSampler:
+        """The training order: a permutation drawn from (`seed`, epoch) alone, split across ranks.
+
+        Lightning calls its `set_epoch` at the start of every epoch, also the first epoch of a resumed fit, so a
+        run resumed from an end-of-epoch checkpoint sees the batches an uninterrupted run would have seen. The
+        global RNG (reseeded by `seed_everything` when a run starts) plays no part. A DistributedSampler is left
+        as it is by Lightning under DDP; on one device it is a plain seeded shuffle.
+        """
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return DistributedSampler(
+            self.train_rows, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed, drop_last=False
+        )
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, shuffle=True)
+        if self.train_rows is None:
+            return self._loader(None)
+        return self._loader(self.train_rows, sampler=self.train_sampler())
 
     def val_dataloader(self) -> DataLoader | list:
         # An empty list tells Lightning there is no validation loop (val_size=0, the paper's setting).
-        return self._loader(self.val_rows, shuffle=False) if self.val_rows else []
+        return self._loader(self.val_rows) if self.val_rows else []

@@ -1,0 +1,115 @@
+"""Faithful resume and portable outputs: student resume, generation prompt sets, exports, saved configs, TRL data."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from subliminal_pl.data.student import StudentDataModule
+from subliminal_pl.models.student import StudentDistillation
+
+ADAMW = partial(torch.optim.AdamW, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def student_rows(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reliability_b") / "rows.jsonl"
+    rows = [
+        {
+            "id": f"r{i}",
+            "prompt": f"add up to 3 more numbers {100 + i} {200 + i} {300 + i}",
+            "completion": f"{400 + i}, {500 + i}, {600 + 2 * i}",
+            "teacher": "tiny-owl",
+        }
+        for i in range(12)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+class RecordBatches(Callback):
+    """The first token ids of every training batch, per epoch: the data order the run saw."""
+
+    def __init__(self) -> None:
+        self.order: dict[int, list[list[int]]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.order.setdefault(trainer.current_epoch, []).append(batch["input_ids"][:, -8:].tolist())
+
+
+class KillAtEpoch(Callback):
+    """Raises when epoch `epoch` starts, like a job killed after the previous epoch's checkpoint."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated kill")
+
+
+def student_fit(tiny_lm_path, data_path, root, callbacks, ckpt_path=None):
+    """A LoRA student fit for 3 epochs of 3 steps, seeded like the CLI does (seed_everything before building)."""
+    seed_everything(0)
+    module = StudentDistillation(
+        model_name_or_path=str(tiny_lm_path), lora_rank=4, lora_dropout=0.1, optimizer=ADAMW, warmup_steps=2
+    )
+    dm = StudentDataModule(data_path=str(data_path), tokenizer=str(tiny_lm_path), batch_size=4, max_length=64)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True), *callbacks],
+    )
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return trainer, {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+
+
+def test_student_resume_after_kill_ends_with_the_uninterrupted_adapter(tiny_lm_path, student_rows, tmp_path):
+    whole = RecordBatches()
+    _, expected = student_fit(tiny_lm_path, student_rows, tmp_path / "whole", [whole])
+    assert sorted(whole.order) == [0, 1, 2]
+    assert whole.order[1] != whole.order[0]  # a new order each epoch
+
+    killed = RecordBatches()
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        student_fit(tiny_lm_path, student_rows, tmp_path / "resumed", [killed, KillAtEpoch(1)])
+    assert killed.order[0] == whole.order[0]
+    last = tmp_path / "resumed" / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+
+    resumed = RecordBatches()
+    trainer, adapter = student_fit(
+        tiny_lm_path, student_rows, tmp_path / "resumed", [resumed], ckpt_path=last
+    )
+    assert trainer.global_step == 9
+    # The resumed epochs see the batches the uninterrupted run saw, not epoch 0's order again.
+    assert resumed.order == {1: whole.order[1], 2: whole.order[2]}
+    assert adapter.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(adapter[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_student_order_depends_on_the_data_seed_only(tiny_lm_path, student_rows):
+    def order(seed, epoch):
+        dm = StudentDataModule(
+            data_path=str(student_rows), tokenizer=str(tiny_lm_path), batch_size=4, max_length=64, seed=seed
+        )
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        torch.manual_seed(epoch + 100)  # the global RNG must not matter
+        return [index for index in loader.sampler]
+
+    assert order(0, 1) == order(0, 1)
+    assert sorted(order(0, 1)) == list(range(12))
+    assert order(0, 1) != order(0, 0) and order(1, 1) != order(0, 1)
