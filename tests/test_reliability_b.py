@@ -113,3 +113,68 @@ def test_student_order_depends_on_the_data_seed_only(tiny_lm_path, student_rows)
     assert order(0, 1) == order(0, 1)
     assert sorted(order(0, 1)) == list(range(12))
     assert order(0, 1) != order(0, 0) and order(1, 1) != order(0, 1)
+
+
+def generate(teacher, output, **data):
+    from subliminal_pl.callbacks.generation_writer import GenerationWriter
+    from subliminal_pl.data.prompt_datamodule import PromptDataModule
+
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[GenerationWriter(str(output), progress_every_n_batches=0)],
+    )
+    trainer.predict(teacher, datamodule=PromptDataModule(batch_size=4, **data), return_predictions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_lm_path):
+    from subliminal_pl.models.teacher import TeacherGeneration
+
+    return TeacherGeneration(model_name_or_path=str(tiny_lm_path), max_new_tokens=3, seed=7)
+
+
+def test_generation_resume_refuses_another_prompt_seed_or_count(tiny_teacher, tmp_path):
+    from subliminal_pl.data.jsonl import read_jsonl
+    from subliminal_pl.data.prompt_datamodule import PromptDataModule
+    from subliminal_pl.data.prompts import NumberPromptGenerator
+
+    output = tmp_path / "raw.jsonl"
+    generate(tiny_teacher, output, generator=NumberPromptGenerator(seed=0), num_prompts=4)
+    before = output.read_bytes()
+    rows = read_jsonl(output)
+    expected = PromptDataModule(generator=NumberPromptGenerator(seed=0), num_prompts=4).prompt_set()
+    assert expected["count"] == 4 and all(row["prompt_set"] == expected for row in rows)
+    with pytest.raises(
+        ValueError, match=r"4 prompts \(hash [0-9a-f]{16}\), this run's has 4 prompts.*seed=1"
+    ):
+        generate(tiny_teacher, output, generator=NumberPromptGenerator(seed=1), num_prompts=4)
+    with pytest.raises(ValueError, match=r"answer another prompt than this run's for the same id"):
+        generate(tiny_teacher, output, generator=NumberPromptGenerator(seed=1), num_prompts=4)
+    with pytest.raises(ValueError, match=r"a prompt set of 4 prompts .* this run's has 6 prompts"):
+        generate(tiny_teacher, output, generator=NumberPromptGenerator(seed=0), num_prompts=6)
+    assert output.read_bytes() == before  # refused runs leave the rows as they were
+    generate(
+        tiny_teacher, output, generator=NumberPromptGenerator(seed=0), num_prompts=4
+    )  # the same set is fine
+    assert output.read_bytes() == before
+
+
+def test_generation_resume_refuses_a_prompts_file_with_other_prompts_under_the_same_ids(
+    tiny_teacher, tmp_path
+):
+    from subliminal_pl.data.jsonl import write_jsonl_atomic
+
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_jsonl_atomic(first, [{"id": f"p{i}", "prompt": f"add more numbers {100 + i}"} for i in range(4)])
+    write_jsonl_atomic(second, [{"id": f"p{i}", "prompt": f"add more numbers {200 + i}"} for i in range(4)])
+    output = tmp_path / "raw.jsonl"
+    generate(tiny_teacher, output, prompts_path=str(first))
+    with pytest.raises(
+        ValueError, match=r"b\.jsonl.*id 'p0' was 'add more numbers 100', is now 'add more numbers 200'"
+    ):
+        generate(tiny_teacher, output, prompts_path=str(second))
