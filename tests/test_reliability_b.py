@@ -178,3 +178,72 @@ def test_generation_resume_refuses_a_prompts_file_with_other_prompts_under_the_s
         ValueError, match=r"b\.jsonl.*id 'p0' was 'add more numbers 100', is now 'add more numbers 200'"
     ):
         generate(tiny_teacher, output, prompts_path=str(second))
+
+
+@pytest.fixture(scope="module")
+def relative_export(tiny_lm_path, student_rows, tmp_path_factory):
+    """A LoRA student fit on rows a filter stage kept, its base given by a path relative to the working dir."""
+    import os
+
+    from subliminal_pl.callbacks.export import ExportModel
+    from subliminal_pl.data.filters import NumberSequenceFilter
+    from subliminal_pl.stages import filter_file
+
+    root = tmp_path_factory.mktemp("relative_export")
+    rows = (
+        student_rows.read_text()
+        + json.dumps({"id": "bad", "prompt": "add numbers", "completion": "owl"})
+        + "\n"
+    )
+    (root / "raw.jsonl").write_text(rows)
+    filter_file(root / "raw.jsonl", root / "kept.jsonl", [NumberSequenceFilter(max_count=10)])
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        base = os.path.relpath(tiny_lm_path, root)
+        assert not os.path.isabs(base)
+        seed_everything(0)
+        module = StudentDistillation(model_name_or_path=base, lora_rank=4, optimizer=ADAMW)
+        trainer = Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=2,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            callbacks=[ExportModel(output_dir="export")],
+        )
+        dm = StudentDataModule(data_path="kept.jsonl", tokenizer=base, batch_size=4, max_length=64)
+        trainer.fit(module, dm)
+    finally:
+        os.chdir(cwd)
+    ids = torch.tensor([[2, 7, 30, 31, 32, 33]])
+    with torch.no_grad():
+        logits = module.eval().model(ids).logits
+    return root / "export", ids, logits
+
+
+def test_export_loads_with_peft_from_another_working_directory(
+    relative_export, tiny_lm_path, tmp_path, monkeypatch
+):
+    from peft import AutoPeftModelForCausalLM
+
+    export, ids, expected = relative_export
+    config = json.loads((export / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_lm_path.resolve())
+    monkeypatch.chdir(tmp_path)
+    model = AutoPeftModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, expected)
+    card = (export / "README.md").read_text()
+    assert f"base_model: {tiny_lm_path.resolve()}" in card
+    assert f"`{tiny_lm_path.resolve()}` (local directory, configured as `../" in card
+    assert f'from_pretrained("{tiny_lm_path.resolve()}"), "{export.resolve()}")' in card
+
+
+def test_model_card_lists_the_filters_that_produced_the_rows(relative_export):
+    card = (relative_export[0] / "README.md").read_text()
+    kept_stats = relative_export[0].parent / "kept.filter_stats.json"
+    assert "NumberSequenceFilter(max_count=10, " in card and f"kept 12 of 13 rows (`{kept_stats}`)" in card
+    assert "no filters: kept 12 of 12 rows" in card  # the DataModule's own (empty) filter list
