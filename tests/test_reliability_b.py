@@ -247,3 +247,52 @@ def test_model_card_lists_the_filters_that_produced_the_rows(relative_export):
     kept_stats = relative_export[0].parent / "kept.filter_stats.json"
     assert "NumberSequenceFilter(max_count=10, " in card and f"kept 12 of 13 rows (`{kept_stats}`)" in card
     assert "no filters: kept 12 of 12 rows" in card  # the DataModule's own (empty) filter list
+
+
+def test_a_saved_config_reruns_in_place_and_a_changed_one_keeps_the_earlier(
+    tiny_lm_path, student_rows, tmp_path, monkeypatch
+):
+    from pathlib import Path
+
+    import yaml
+
+    from subliminal_pl import cli
+
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "examples" / "tiny_student.yaml"
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": "runs", "name": "student", "version": "run"},
+    }
+    cli.main(
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            "--model.init_args.model_name_or_path",
+            str(tiny_lm_path),
+            "--data.init_args.tokenizer",
+            str(tiny_lm_path),
+            "--data.init_args.data_path",
+            str(student_rows),
+            "--trainer.max_steps",
+            "1",
+            "--trainer.logger",
+            json.dumps(logger),
+        ]
+    )
+    saved = tmp_path / "runs" / "student" / "run" / "config.yaml"
+    first = saved.read_bytes()
+    cli.main(["fit", "--config", str(saved)])  # the same config, in place
+    assert saved.read_bytes() == first and sorted(p.name for p in saved.parent.glob("config*")) == [
+        "config.yaml"
+    ]
+    cli.main(["fit", "--config", str(saved), "--trainer.max_steps", "2", "--ckpt_path", "last"])
+    assert (saved.parent / "config.1.yaml").read_bytes() == first
+    now = yaml.safe_load(saved.read_text())
+    assert now["trainer"]["max_steps"] == 2 and now["ckpt_path"] == "last"
+    # ModelCheckpoint versions its `last` files (last-v1.ckpt, ...) in a used folder; the resume continued one.
+    steps = [
+        torch.load(p, weights_only=True)["global_step"] for p in tmp_path.glob("outputs/*/checkpoints/*")
+    ]
+    assert max(steps) == 2
