@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 # Each extra command: module with a `main(argv)` function, and a one-line description for the overview.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "export-trl": ("subliminal_pl.data.trl", "write rows in TRL's conversational prompt-completion form"),
     "prompts": ("subliminal_pl.data.prompts", "write seeded number-sequence prompts to JSONL"),
     "pipeline": (
         "subliminal_pl.pipeline",

@@ -296,3 +296,62 @@ def test_a_saved_config_reruns_in_place_and_a_changed_one_keeps_the_earlier(
         torch.load(p, weights_only=True)["global_step"] for p in tmp_path.glob("outputs/*/checkpoints/*")
     ]
     assert max(steps) == 2
+
+
+def test_export_trl_writes_conversational_prompt_completion_rows_that_datasets_loads(tmp_path, capsys):
+    from datasets import Features, List, Value, load_dataset
+
+    from subliminal_pl import cli
+    from subliminal_pl.data.jsonl import write_jsonl_atomic
+
+    kept = tmp_path / "kept.jsonl"
+    rows = [
+        {
+            "id": 0,
+            "prompt": "add 1 2 3",
+            "completion": "4, 5",
+            "system_prompt": "you love owls",
+            "teacher": "t",
+        },
+        {"id": 1, "prompt": "add 7 8", "completion": "9", "system_prompt": None},
+        {"messages": [{"role": "user", "content": "add 5"}, {"role": "assistant", "content": "6, 7"}]},
+    ]
+    write_jsonl_atomic(kept, rows)
+    cli.main(["export-trl", "--input", str(kept), "--output", str(tmp_path / "trl.jsonl")])
+    cli.main(
+        [
+            "export-trl",
+            "--input",
+            str(kept),
+            "--output",
+            str(tmp_path / "sys.jsonl"),
+            "--keep_system_prompt",
+            "true",
+        ]
+    )
+    assert "wrote 3 rows" in capsys.readouterr().out
+    message = {"role": Value("string"), "content": Value("string")}
+    schema = Features({"prompt": List(message), "completion": List(message)})
+    plain = load_dataset(
+        "json", data_files=str(tmp_path / "trl.jsonl"), split="train", cache_dir=str(tmp_path / "c")
+    )
+    assert plain.column_names == ["prompt", "completion"]
+    assert {key: plain.features[key] for key in schema} == dict(schema)
+    assert plain[0] == {
+        "prompt": [{"role": "user", "content": "add 1 2 3"}],
+        "completion": [{"role": "assistant", "content": "4, 5"}],
+    }
+    assert plain[2]["completion"] == [{"role": "assistant", "content": "6, 7"}]
+    kept_system = load_dataset(
+        "json", data_files=str(tmp_path / "sys.jsonl"), split="train", cache_dir=str(tmp_path / "c")
+    )
+    assert kept_system[0]["prompt"] == [
+        {"role": "system", "content": "you love owls"},
+        {"role": "user", "content": "add 1 2 3"},
+    ]
+    assert kept_system[1]["prompt"] == [{"role": "user", "content": "add 7 8"}]  # no system turn in that row
+
+    write_jsonl_atomic(kept, [*rows, {"prompt": "add 1", "completion": 5}])
+    with pytest.raises(SystemExit, match=r"kept\.jsonl:4: field 'completion': expected a string, got int"):
+        cli.main(["export-trl", "--input", str(kept), "--output", str(tmp_path / "bad.jsonl")])
+    assert not (tmp_path / "bad.jsonl").exists()
