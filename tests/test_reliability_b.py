@@ -355,3 +355,24 @@ def test_export_trl_writes_conversational_prompt_completion_rows_that_datasets_l
     with pytest.raises(SystemExit, match=r"kept\.jsonl:4: field 'completion': expected a string, got int"):
         cli.main(["export-trl", "--input", str(kept), "--output", str(tmp_path / "bad.jsonl")])
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_atomic_writes_leave_the_old_file_whole_when_a_write_fails(tmp_path, monkeypatch):
+    import os
+
+    from subliminal_pl.data import jsonl
+
+    target = tmp_path / "kept.jsonl"
+    jsonl.write_jsonl_atomic(target, [{"id": 1}])
+    before = target.read_bytes()
+
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)  # the new contents never reach the disk
+    with pytest.raises(OSError, match="No space left"):
+        jsonl.write_jsonl_atomic(target, [{"id": 2}] * 1000)
+    with pytest.raises(TypeError):  # a row that cannot be written: nothing is opened at all
+        jsonl.write_jsonl_atomic(target, [{"id": object()}])
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.jsonl"]  # no temporary file left behind

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -171,8 +170,9 @@ class ExportModel(Callback):
         source = Path(trainer.log_dir or "") / "config.yaml"
         if not source.is_file():
             return {}
-        shutil.copyfile(source, out / "run_config.yaml")
-        return yaml.safe_load(source.read_text()) or {}
+        text = source.read_text()
+        write_text_atomic(out / "run_config.yaml", text)
+        return yaml.safe_load(text) or {}
 
     def _write_merged(self, pl_module: LightningModule, out: Path) -> None:
         from subliminal_pl.models.loading import load_causal_lm
