@@ -99,20 +99,23 @@ def test_student_resume_after_kill_ends_with_the_uninterrupted_adapter(tiny_lm_p
         torch.testing.assert_close(adapter[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_student_order_depends_on_the_data_seed_only(tiny_lm_path, student_rows):
-    def order(seed, epoch):
+def test_student_order_depends_on_the_seeds_and_epoch_only(tiny_lm_path, student_rows):
+    def order(seed, everything, epoch):
+        seed_everything(everything)
         dm = StudentDataModule(
             data_path=str(student_rows), tokenizer=str(tiny_lm_path), batch_size=4, max_length=64, seed=seed
         )
         dm.setup("fit")
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)
-        torch.manual_seed(epoch + 100)  # the global RNG must not matter
-        return [index for index in loader.sampler]
+        torch.manual_seed(epoch + 100)  # the global RNG state must not matter
+        return list(loader.sampler)
 
-    assert order(0, 1) == order(0, 1)
-    assert sorted(order(0, 1)) == list(range(12))
-    assert order(0, 1) != order(0, 0) and order(1, 1) != order(0, 1)
+    assert order(0, 0, 1) == order(0, 0, 1)
+    assert sorted(order(0, 0, 1)) == list(range(12))
+    assert order(0, 0, 1) != order(0, 0, 0)
+    assert order(1, 0, 1) != order(0, 0, 1) and order(0, 1, 1) != order(0, 0, 1)
+    assert order(1, 0, 0) != order(0, 0, 1)  # seeds are mixed: not DistributedSampler's plain seed + epoch
 
 
 def generate(teacher, output, **data):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -165,8 +166,9 @@ class StudentDataModule(LightningDataModule):
             filters: filters run in order on every raw row (see `subliminal_pl.data.filters`); none keeps all rows.
             max_samples: train on a seeded random subset of this many kept rows (the paper: 10000); None uses all.
             val_size: kept rows held out for validation, drawn before the training subset (0: no validation).
-            seed: seed of the validation split, the training subset and the training order (each epoch's order
-                is a permutation drawn from (seed, epoch), so a resumed fit repeats no epoch's order).
+            seed: seed of the validation split, the training subset and (with `seed_everything`'s seed) the
+                training order: each epoch's order is drawn from (seeds, epoch), so a resumed fit sees the
+                batches an uninterrupted one would.
             keep_system_prompt: keep system messages in training rows (default drops them, as the paper does).
             max_length: most tokens per row; longer rows lose the end of their completion, rows whose prompt
                 alone fills it are skipped with a warning.
@@ -330,18 +332,33 @@ class StudentDataModule(LightningDataModule):
             collate_fn=self._collator,
         )
 
+    def order_seed(self) -> int:
+        """Seed of the training order: the data `seed` mixed with the run's `seed_everything` seed.
+
+        Lightning's `seed_everything` exports its seed as PL_GLOBAL_SEED (to DDP ranks too), so students that
+        differ only in `seed_everything` still see different orders. Hashed, so that the sampler's seed + epoch
+        of one run never equals another run's.
+        """
+        text = f"{self.seed}:{os.environ.get('PL_GLOBAL_SEED', '')}"
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+
     def train_sampler(self) -> DistributedSampler:
-        """The training order: a permutation drawn from (`seed`, epoch) alone, split across ranks.
+        """The training order: a permutation drawn from (`order_seed()`, epoch) alone, split across ranks.
 
         Lightning calls its `set_epoch` at the start of every epoch, also the first epoch of a resumed fit, so a
         run resumed from an end-of-epoch checkpoint sees the batches an uninterrupted run would have seen. The
-        global RNG (reseeded by `seed_everything` when a run starts) plays no part. A DistributedSampler is left
-        as it is by Lightning under DDP; on one device it is a plain seeded shuffle.
+        global RNG state plays no part. Lightning leaves a DistributedSampler as it is under DDP; on one device
+        it is a plain seeded shuffle.
         """
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         return DistributedSampler(
-            self.train_rows, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed, drop_last=False
+            self.train_rows,
+            num_replicas=replicas,
+            rank=rank,
+            shuffle=True,
+            seed=self.order_seed(),
+            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:
