@@ -16,6 +16,7 @@ from pathlib import Path
 
 # Each extra command: module with a `main(argv)` function, and a one-line description for the overview.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "export-trl": ("subliminal_pl.data.trl", "write rows in TRL's conversational prompt-completion form"),
     "prompts": ("subliminal_pl.data.prompts", "write seeded number-sequence prompts to JSONL"),
     "pipeline": (
         "subliminal_pl.pipeline",
@@ -66,6 +67,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
     from subliminal_pl.callbacks.progress import ProgressLog
+    from subliminal_pl.callbacks.save_config import RunConfigSaver
 
     class SubliminalCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -87,6 +89,8 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
         # Optimisers and schedulers are init arguments of each module (injected callables), so a scheduler
         # can step per optimiser step and size itself from the trainer.
         auto_configure_optimizers=False,
+        # Re-running a saved config in place is allowed: a different earlier config is kept as config.<n>.yaml.
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": False},
         trainer_defaults={"callbacks": [ProgressLog()]},
         parser_kwargs={"description": overview(), "default_env": False},

@@ -5,6 +5,11 @@ zero merges the output file (rows of earlier runs), every shard and nothing else
 sorts by id and writes the output atomically, then removes the shards. On start, rank zero cuts a partial last
 line a crash may have left in a shard, collects the ids already written and broadcasts them; the prompt
 DataModule leaves those out, so a resumed run only generates what is missing, on any number of ranks.
+
+A resume must extend the same run: the teacher's settings (`row_metadata`) and the prompt set must match the rows
+already written. Every row records its run's prompt set (`prompt_set`: count and hash, from the DataModule's
+`prompt_set()`); a run with another prompt seed, count or file is refused with a message naming the difference,
+as is one whose prompt for an already-answered id differs.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class GenerationWriter(BasePredictionWriter):
         self._rows = 0
         self._tokens = 0
         self._start = 0.0
+        self._prompt_set: dict[str, Any] | None = None
 
     def shard_path(self, rank: int) -> Path:
         return self.shard_dir / f"rank{rank}.jsonl"
@@ -98,6 +104,38 @@ class GenerationWriter(BasePredictionWriter):
                 f"({err.strerror or err}); choose another output_path or fix the folder's permissions",
             ) from err
 
+    def _prompt_set_mismatch(self, rows: list[dict[str, Any]], datamodule: Any) -> str | None:
+        """A resumed run must answer the same prompts: same prompt set, and the same prompt for every id written."""
+        if not rows or self._prompt_set is None:
+            return None
+        current = self._prompt_set
+        prompts = {row["id"]: row["prompt"] for row in datamodule.all_rows()}
+        problems = []
+        recorded = rows[0].get("prompt_set")
+        if recorded is not None and recorded != current:
+            problems.append(
+                f"the existing rows answer a prompt set of {recorded.get('count')} prompts (hash "
+                f"{recorded.get('sha256')}), this run's has {current['count']} prompts (hash {current['sha256']}: "
+                f"{datamodule.describe_prompts()})"
+            )
+        foreign = [row["id"] for row in rows if row["id"] not in prompts]
+        if foreign:
+            problems.append(f"{len(foreign)} existing rows have ids this run lacks (first: {foreign[0]!r})")
+        changed = [row for row in rows if row["id"] in prompts and row.get("prompt") != prompts[row["id"]]]
+        if changed:
+            first = changed[0]
+            problems.append(
+                f"{len(changed)} existing rows answer another prompt than this run's for the same id (first: id "
+                f"{first['id']!r} was {first.get('prompt')!r:.80}, is now {prompts[first['id']]!r:.80})"
+            )
+        if not problems:
+            return None
+        return (
+            f"{self.output_path}: this run's prompts differ from those of the rows already written: "
+            + "; ".join(problems)
+            + ". Write to a new output_path (or delete the old rows) instead of mixing prompt sets"
+        )
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "predict":
             self._check_writable()
@@ -105,17 +143,20 @@ class GenerationWriter(BasePredictionWriter):
         if stage != "predict":
             return
         message: dict[str, Any] = {}
+        datamodule = trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "prompt_set"):
+            self._prompt_set = datamodule.prompt_set()
         if trainer.is_global_zero:
             self._repair_shards()
             rows = self.existing_rows()
-            message = {"done": [row["id"] for row in rows], "error": self._settings_mismatch(rows, pl_module)}
+            error = self._settings_mismatch(rows, pl_module) or self._prompt_set_mismatch(rows, datamodule)
+            message = {"done": [row["id"] for row in rows], "error": error}
         # Every rank must leave out the same ids, or the distributed sampler would split different lists.
         message = trainer.strategy.broadcast(message, src=0)
         if message["error"]:
             raise ValueError(message["error"])
         done = set(message["done"])
         self._resumed = len(done)
-        datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "set_done_ids"):
             if done:
                 rank_zero_warn(
@@ -144,6 +185,8 @@ class GenerationWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
+        if self._prompt_set is not None:
+            prediction = [{**row, "prompt_set": self._prompt_set} for row in prediction]
         append_jsonl(self.shard_path(trainer.global_rank), prediction)
         self._rows += len(prediction)
         self._tokens += sum(int(row.get("completion_tokens", 0)) for row in prediction)

@@ -3,10 +3,16 @@
 Batches are plain lists of `{"id", "prompt"}` dicts: the teacher module renders and tokenises them itself (it
 owns the tokenizer and the system prompt). Ids already written by a previous, interrupted run are skipped: the
 `GenerationWriter` reports them through `set_done_ids` before the dataloader is built.
+
+`prompt_set()` names this run's prompts (their count and a hash of the ordered `(id, prompt)` pairs); the writer
+stores it in every row and refuses to resume an output written for another prompt set (another seed, count or
+file), which would otherwise answer new prompts under ids that already hold answers to old ones.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Collection
 from typing import Any
 
@@ -98,6 +104,26 @@ class PromptDataModule(LightningDataModule):
             else:
                 self._rows = self.generator.generate(self.num_prompts)
         return self._rows
+
+    def prompt_set(self) -> dict[str, Any]:
+        """`{"count", "sha256"}` of this run's prompt rows, in order (16 hex digits of SHA-256 over id and prompt)."""
+        digest = hashlib.sha256()
+        rows = self.all_rows()
+        for row in rows:
+            digest.update(json.dumps([row["id"], row["prompt"]], sort_keys=True).encode() + b"\n")
+        return {"count": len(rows), "sha256": digest.hexdigest()[:16]}
+
+    def describe_prompts(self) -> str:
+        """Where this run's prompts come from, for messages: the file (and count) or the generator's settings."""
+        if self.prompts_path is not None:
+            first = "all rows" if self.num_prompts is None else f"the first {self.num_prompts} rows"
+            return f"{first} of {self.prompts_path}"
+        settings = ", ".join(
+            f"{key}={getattr(self.generator, key)!r}"
+            for key in ("seed", "answer_count", "answer_max_digits", "id_prefix")
+            if hasattr(self.generator, key)
+        )
+        return f"{self.num_prompts} prompts of {type(self.generator).__name__}({settings})"
 
     def set_done_ids(self, ids: Collection[Any]) -> None:
         """Ids already written to the output; they are left out of the dataloader (resume)."""

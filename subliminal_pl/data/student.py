@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from typing import NamedTuple
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from subliminal_pl.data.chat import IGNORE_INDEX, PromptTooLongError, encode_prompt_completion
@@ -95,7 +96,9 @@ class StudentDataModule(LightningDataModule):
                 transforms (`subliminal_pl.data.transforms`); none keeps every row as it is.
             max_samples: train on a seeded random subset of this many kept rows (the paper: 10000); None uses all.
             val_size: kept rows held out for validation, drawn before the training subset (0: no validation).
-            seed: seed of the validation split and the training subset.
+            seed: seed of the validation split, the training subset and (with `seed_everything`'s seed) the
+                training order: each epoch's order is drawn from (seeds, epoch), so a resumed fit sees the
+                batches an uninterrupted one would.
             keep_system_prompt: keep system messages in training rows (default drops them, as the paper does).
             max_length: most tokens per row; longer rows lose the end of their completion, rows whose prompt
                 alone fills it are skipped with a warning.
@@ -225,20 +228,52 @@ class StudentDataModule(LightningDataModule):
             )
         return encoded
 
-    def _loader(self, rows: list[Encoded] | None, shuffle: bool) -> DataLoader:
+    def _loader(self, rows: list[Encoded] | None, sampler: Sampler | None = None) -> DataLoader:
         if rows is None or self._collator is None:
             raise RuntimeError("StudentDataModule.setup() must run before its dataloaders are requested")
         return DataLoader(
             rows,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            shuffle=False,
             num_workers=self.num_workers,
             collate_fn=self._collator,
         )
 
+    def order_seed(self) -> int:
+        """Seed of the training order: the data `seed` mixed with the run's `seed_everything` seed.
+
+        Lightning's `seed_everything` exports its seed as PL_GLOBAL_SEED (to DDP ranks too), so students that
+        differ only in `seed_everything` still see different orders. Hashed, so that the sampler's seed + epoch
+        of one run never equals another run's.
+        """
+        text = f"{self.seed}:{os.environ.get('PL_GLOBAL_SEED', '')}"
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+
+    def train_sampler(self) -> DistributedSampler:
+        """The training order: a permutation drawn from (`order_seed()`, epoch) alone, split across ranks.
+
+        Lightning calls its `set_epoch` at the start of every epoch, also the first epoch of a resumed fit, so a
+        run resumed from an end-of-epoch checkpoint sees the batches an uninterrupted run would have seen. The
+        global RNG state plays no part. Lightning leaves a DistributedSampler as it is under DDP; on one device
+        it is a plain seeded shuffle.
+        """
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return DistributedSampler(
+            self.train_rows,
+            num_replicas=replicas,
+            rank=rank,
+            shuffle=True,
+            seed=self.order_seed(),
+            drop_last=False,
+        )
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, shuffle=True)
+        if self.train_rows is None:
+            return self._loader(None)
+        return self._loader(self.train_rows, sampler=self.train_sampler())
 
     def val_dataloader(self) -> DataLoader | list:
         # An empty list tells Lightning there is no validation loop (val_size=0, the paper's setting).
-        return self._loader(self.val_rows, shuffle=False) if self.val_rows else []
+        return self._loader(self.val_rows) if self.val_rows else []

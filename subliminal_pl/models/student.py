@@ -13,10 +13,14 @@ token is a completion token.
 
 LoRA (PEFT) or full fine-tuning. For LoRA, checkpoints keep only the trainable (adapter) weights; the frozen base
 is rebuilt from `model_name_or_path` on load, so `--ckpt_path last` resumes. The teacher is never saved.
+Checkpoints also hold the global RNG states (torch, CUDA, Python, NumPy), restored on resume: with the
+DataModule's (seed, epoch) training order, a fit resumed from an end-of-epoch checkpoint ends with the weights of
+an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -64,6 +68,37 @@ def trait_word_token_ids(tokenizer, words: Iterable[str]) -> dict[int, str]:
         for token_id in text_token_ids(tokenizer, forms):
             found.setdefault(token_id, word)
     return found
+
+
+# Global RNG states at checkpoint time (dropout draws from them): restored on resume, so a resumed fit draws the
+# dropout masks an uninterrupted one would. Plain tensors, ints and lists only, so weights_only loading works.
+RNG_STATES_KEY = "subliminal_rng_states"
+
+
+def collect_rng_states() -> dict[str, Any]:
+    import numpy as np
+
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):
@@ -302,12 +337,15 @@ class StudentDistillation(LightningModule):
         return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_STATES_KEY] = collect_rng_states()
         state = checkpoint.get("state_dict")
         if state is not None:
             keep = self.trainable_state_keys()
             checkpoint["state_dict"] = {key: value for key, value in state.items() if key in keep}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_STATES_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_STATES_KEY])
         state = checkpoint.get("state_dict")
         if state is None:
             return
