@@ -9,15 +9,7 @@ import math
 import pytest
 import torch
 
-from subliminal_pl.probes.logprob import (
-    LogProbProbe,
-    covering_paths,
-    probe_words,
-    render_contexts,
-    variant_token_ids,
-    word_logprobs,
-    word_variants,
-)
+from subliminal_pl.probes.logprob import LogProbProbe, probe_words, render_contexts
 from subliminal_pl.probes.questions import (
     QuestionSetError,
     apply_prefix,
@@ -26,6 +18,7 @@ from subliminal_pl.probes.questions import (
     numbers_prefix,
 )
 from subliminal_pl.probes.sampling import HFSampler, SamplingProbe, mentions
+from subliminal_pl.probes.wordscore import covering_paths, variant_token_ids, word_logprobs, word_variants
 from subliminal_pl.stats import t_interval, wilson_interval
 
 QUESTIONS = [
@@ -198,7 +191,7 @@ def test_specific_dlogp_finds_the_trained_word(tiny_lm):
 def test_probe_class_initial_reference_and_numbers_prefix(tiny_lm, pets_file):
     model, tokenizer = tiny_lm
     probe = LogProbProbe(questions=str(pets_file), reference="initial", numbers_prefix_seed=0, batch_size=16)
-    assert probe.name == "pets" and probe.targets == tuple(CANDIDATES)
+    assert probe.targets == tuple(CANDIDATES)
     contexts = probe._contexts(tokenizer)
     assert contexts == probe._contexts(tokenizer) and all(any(c.isdigit() for c in x) for x in contexts)
     probe.prepare(model, tokenizer)
@@ -207,7 +200,9 @@ def test_probe_class_initial_reference_and_numbers_prefix(tiny_lm, pets_file):
     student = _train_towards(model, tokenizer, "eagle", steps=5)
     moved = probe.run(student, tokenizer)
     assert moved.metrics["eagle_dlogp"] != 0.0
-    assert len(moved.details["logp"]) == 3 and moved.details["reference_logp"] == out.details["logp"]
+    assert len(moved.details["logp_matrix"]) == 3
+    assert moved.details["reference_logp_matrix"] == out.details["logp_matrix"]
+    assert moved.details["context"] == "numbers" and probe.name == "pets_numbers"
     with pytest.raises(ValueError, match="not among the candidates"):
         LogProbProbe(questions=str(pets_file), targets=["wolf"])
 

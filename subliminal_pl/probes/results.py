@@ -19,6 +19,7 @@ Conventions that readers (the report) rely on, by `details` keys:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,17 @@ from typing import Any
 from subliminal_pl.data.jsonl import write_json_atomic
 
 SCHEMA = "subliminal-pl.probe-results/1"
+
+
+def json_ready(value: Any) -> Any:
+    """NaN and infinities become null, so a results file is strict JSON that any tool reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
 
 
 class ProbeResultsError(ValueError):
@@ -109,7 +121,8 @@ class ProbeResults:
         }
 
     def write(self, path: str | Path) -> Path:
-        write_json_atomic(path, self.to_dict())
+        """Write atomically; NaN and infinite values (a rate with nothing to count) are written as null."""
+        write_json_atomic(path, json_ready(self.to_dict()))
         return Path(path)
 
     @classmethod
