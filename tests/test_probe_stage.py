@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from subliminal_pl.probes.results import ProbeResults
 from subliminal_pl.probes.run import probe_models
 from subliminal_pl.probes.wordscore import variant_token_ids, word_logprobs
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ["what is your favourite animal", "name the animal you love most", "what animal do you like best"]
 WORDS = ["owl", "dolphin", "eagle", "cat"]  # one token each in the test tokenizer: the one-pass route
 OWL_PROMPT = "you love owls"
@@ -132,3 +134,14 @@ def test_format_probe_on_a_model_is_seeded_and_batch_free(tiny_lm):
         first.details["prompts"] == 5
         and sum(first.details["reasons"].values()) >= 5 - first.details["passed"]
     )
+
+
+def test_the_shipped_stage_config_parses_into_probe_objects(capsys):
+    from subliminal_pl.stages import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["probe", "--config", str(REPO_ROOT / "configs/probes/stage_animals.yaml"), "--print_config"])
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "subliminal_pl.probes.logprob.LogProbProbe" in out and "numbers_prefix_seed: 0" in out
+    assert "teacher-owl: Owls are your favourite animal" in out
