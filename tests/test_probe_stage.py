@@ -101,6 +101,10 @@ def test_bad_probe_plans_fail_before_loading_a_model(tmp_path, pets_file):
         ({"system_prompts": {"x": "hi"}, "probes": [plain]}, r"system_prompts: \['x'\]"),
         ({"probes": [plain, plain]}, "repeated: \\['pets'\\]"),
         ({"probes": [LogProbProbe(questions=str(pets_file))]}, r"probes\[0\] \(pets\): reference 'auto'"),
+        (
+            {"probes": [plain, LogProbProbe(questions="animals", reference=None)]},
+            "both measure context 'plain'",
+        ),
         ({}, "nothing to measure"),
     ]
     for kwargs, message in cases:

@@ -58,6 +58,16 @@ def check_probe_plan(
                 f"probes[{i}] ({probe.name}): reference {probe.reference!r} compares each model with itself here; "
                 "set `reference: null` (the report computes ΔlogP between models) or a model path"
             )
+    seen: dict[tuple[str, str], str] = {}
+    for probe in probes:
+        if isinstance(probe, LogProbProbe):
+            key = (probe.context, probe.measure)
+            if key in seen:
+                raise ValueError(
+                    f"probes: {seen[key]!r} and {probe.name!r} both measure context {key[0]!r} by {key[1]!r}; "
+                    "the results hold one log-prob input per context and measure"
+                )
+            seen[key] = probe.name
     if not probes and not format_check:
         raise ValueError("nothing to measure: give `probes` and/or `format_check`")
 
