@@ -144,6 +144,7 @@ def word_logprobs(
     rows.sort(key=lambda row: -(len(context_ids[row[0]]) + len(paths[row[1]])))
     scores = torch.zeros(len(contexts) * len(spellings), dtype=torch.float64)
     pad_id = pad_id_of(tokenizer)
+    letters: torch.Tensor | None = None
     with eval_mode(model):
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
@@ -151,31 +152,31 @@ def word_logprobs(
             logprobs = window_logprobs(
                 model, [context_ids[c] + list(paths[p]) for c, p in chunk], keep, pad_id
             )
-            # Column keep-1-len(path)+j of a row holds the distribution after context + path[:j].
-            index_row, index_col, index_token, target = [], [], [], []
+            # Column keep-1-len(path)+j of a row holds the distribution after context + path[:j]. Token
+            # picks: (row, column, token) -> score slot; word ends (whole words): (row, column) -> score slot.
+            picks: list[tuple[int, int, int]] = []
+            pick_slots, ends, end_slots = [], [], []
             for b, (c, p) in enumerate(chunk):
                 first = keep - 1 - len(paths[p])
                 for s in by_path[p]:
-                    for j, token in enumerate(spellings[s]):
-                        index_row.append(b)
-                        index_col.append(first + j)
-                        index_token.append(token)
-                        target.append(c * len(spellings) + s)
-            values = logprobs[index_row, index_col, index_token].double().cpu()
-            scores.index_add_(0, torch.tensor(target), values)
+                    slot = c * len(spellings) + s
+                    picks += [(b, first + j, token) for j, token in enumerate(spellings[s])]
+                    pick_slots += [slot] * len(spellings[s])
+                    ends.append((b, first + len(spellings[s])))
+                    end_slots.append(slot)
+            index = torch.tensor(picks).T
+            scores.index_add_(
+                0, torch.tensor(pick_slots), logprobs[index[0], index[1], index[2]].double().cpu()
+            )
             if whole:
-                # log P(no letter continuation) after context + spelling: [B, keep] over the window's columns.
-                mask = torch.zeros(logprobs.shape[-1], dtype=torch.bool)
-                mask[: min(len(continues), len(mask))] = continues[: len(mask)]
-                boundary = logprobs.masked_fill(mask.to(logprobs.device), -math.inf).logsumexp(-1)
-                rows_b, cols_b, target_b = [], [], []
-                for b, (c, p) in enumerate(chunk):
-                    first = keep - 1 - len(paths[p])
-                    for s in by_path[p]:
-                        rows_b.append(b)
-                        cols_b.append(first + len(spellings[s]))
-                        target_b.append(c * len(spellings) + s)
-                scores.index_add_(0, torch.tensor(target_b), boundary[rows_b, cols_b].double().cpu())
+                if letters is None or len(letters) != logprobs.shape[-1]:
+                    # Logit columns beyond the tokenizer's vocabulary (padding rows) are never letters.
+                    letters = torch.zeros(logprobs.shape[-1], dtype=torch.bool)
+                    letters[: min(len(continues), len(letters))] = continues[: len(letters)]
+                # log P(no letter continuation) at every window column: [B, keep].
+                boundary = logprobs.masked_fill(letters.to(logprobs.device), -math.inf).logsumexp(-1)
+                at = torch.tensor(ends).T
+                scores.index_add_(0, torch.tensor(end_slots), boundary[at[0], at[1]].double().cpu())
     scores = scores.view(len(contexts), len(spellings))
     position = {v: i for i, v in enumerate(spellings)}
     per_spelling = torch.full(
