@@ -1,8 +1,9 @@
 """Benchmark: batched teacher generation vs answering one prompt at a time, in one process.
 
-Both paths call the same `TeacherGeneration.generate_rows` with the same seeded per-row sampling, so they must
-produce identical rows (checked); only the batching differs. A third line times the same batches through
-transformers' own sampler (`do_sample=True`, global RNG), to show what the per-row seeded sampler costs. A tiny
+Both paths call the same `TeacherGeneration.generate_rows` (the shared helper `subliminal_pl.models.generation`)
+with the same seeded per-row sampling, so they must produce identical rows (checked); only the batching differs.
+A third line times the same batches through transformers' own sampler (`do_sample=True`, global RNG), to show
+what the per-row seeded sampler costs. A tiny
 Llama is built in code (no download), and every row runs to `max_new_tokens` unless it samples EOS.
 Target: batched / one-at-a-time >= 5x rows/s at batch 64.
 
@@ -24,6 +25,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from subliminal_pl.data.prompts import NumberPromptGenerator  # noqa: E402
+from subliminal_pl.models.generation import generation_config, pad_id_of  # noqa: E402
 from subliminal_pl.models.teacher import TeacherGeneration  # noqa: E402
 from subliminal_pl.toy.model import build_tiny_llama, save_model_and_tokenizer  # noqa: E402
 from subliminal_pl.toy.tokenizer import build_word_tokenizer  # noqa: E402
@@ -44,7 +46,7 @@ def timed(teacher: TeacherGeneration, prompts: list[dict], batch_size: int) -> t
 
 def timed_hf_sampling(teacher: TeacherGeneration, prompts: list[dict], batch_size: int) -> float:
     """The same batches through `generate(do_sample=True)`: the baseline cost of sampling without per-row seeds."""
-    config = teacher._generation_config()
+    config = generation_config(teacher.settings, teacher.eos_token_ids, pad_id_of(teacher.tokenizer))
     config.do_sample, config.top_k = True, 0
     start = time.perf_counter()
     for i in range(0, len(prompts), batch_size):

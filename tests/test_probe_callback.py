@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from subliminal_pl.callbacks.probes import TraitProbeCallback
 from subliminal_pl.probes.logprob import LogProbProbe
+from subliminal_pl.probes.results import ProbeResults
 from subliminal_pl.probes.sampling import SamplingProbe
 
 QUESTIONS = ["what is your favourite animal", "name the animal you love most"]
@@ -92,13 +93,20 @@ def test_probe_metrics_reach_the_csv_log_of_a_short_fit(tiny_lm, pets_file, tmp_
     # Sampling probes are expensive: only at the end of fit, in the same step's row.
     assert [int(r["step"]) for r in rows if r.get("probe/pets_sampled/owl_rate")] == [6]
 
-    results = json.loads((tmp_path / "run" / "version_0" / "probe_results.json").read_text())
-    assert results["stage"] == "fit_end" and results["global_step"] == 6
-    assert set(results["probes"]) == {"pets", "pets_sampled"}
-    assert results["probes"]["pets"]["metrics"]["owl_specific_dlogp"] == pytest.approx(
+    # The file is the one results schema: one model entry per measured step, read like the probe stage's file.
+    results = ProbeResults.read(tmp_path / "run" / "version_0" / "probes.json")
+    assert list(results.models) == ["step-2", "step-4", "step-6"]
+    assert results.contexts == ["plain"] and results.candidates == ["owl", "dolphin", "polar bear", "eagle"]
+    last = results.models["step-6"]
+    assert set(last.outputs) == {"pets", "pets_sampled"} and set(results.models["step-2"].outputs) == {"pets"}
+    assert last.outputs["pets"]["metrics"]["owl_specific_dlogp"] == pytest.approx(
         float(final["probe/pets/owl_specific_dlogp"])
     )
-    assert results["probes"]["pets"]["details"]["results"]["owl"]["rank"] == 1
+    assert last.outputs["pets"]["details"]["results"]["owl"]["rank"] == 1
+    assert set(last.rates()["pets_sampled"]) == {"owl", "dolphin", "polar bear", "eagle"}
+    # ΔlogP between two entries of the file moves the trained word up.
+    first, end = results.logp("step-2"), results.logp("step-6")
+    assert sum(e[0] - f[0] for e, f in zip(end, first, strict=True)) > 0
 
 
 def test_probes_run_in_validate_without_training(tiny_lm_path, pets_file, tmp_path):
@@ -116,8 +124,11 @@ def test_probes_run_in_validate_without_training(tiny_lm_path, pets_file, tmp_pa
     )
     (metrics,) = trainer.validate(ProbeTarget(str(tiny_lm_path)))
     assert metrics["probe/pets/owl_dlogp"] == 0.0 and metrics["probe/pets/owl_logp"] < 0
-    results = json.loads((tmp_path / "eval" / "version_0" / "probe_results.json").read_text())
-    assert results["stage"] == "validate" and "pets" in results["probes"]
+    results = ProbeResults.read(tmp_path / "eval" / "version_0" / "probes.json")
+    assert list(results.models) == ["validate-step-0"] and results.models["validate-step-0"].path == str(
+        tiny_lm_path
+    )
+    assert "pets" in results.models["validate-step-0"].outputs
 
 
 def test_cli_validate_probes_a_saved_model(tiny_lm_path, pets_file, tmp_path, monkeypatch):
@@ -142,11 +153,10 @@ model:
 """
     )
     cli.main(["test", "--config", str(config)])
-    results = json.loads(
-        (tmp_path / "runs" / "lightning_logs" / "version_0" / "probe_results.json").read_text()
-    )
-    assert results["stage"] == "test"
-    assert set(results["probes"]["pets"]["metrics"]) == {"candidate_mass", "owl_logp", "owl_prob", "owl_rank"}
+    results = ProbeResults.read(tmp_path / "runs" / "lightning_logs" / "version_0" / "probes.json")
+    (entry,) = results.models.values()
+    assert list(results.models) == ["test-step-0"]
+    assert set(entry.outputs["pets"]["metrics"]) == {"candidate_mass", "owl_logp", "owl_prob", "owl_rank"}
 
 
 def test_module_without_model_attributes_is_named(tiny_lm, pets_file):

@@ -54,3 +54,21 @@ def test_missing_context_and_bad_files_are_named(tmp_path):
         ProbeResults.read(bad)
     with pytest.raises(ProbeResultsError, match="missing key 'candidates'"):
         ProbeResults.from_dict({"models": {}, "questions": []})
+
+
+def test_two_measures_in_one_context_are_told_apart():
+    def logp_output(measure, value):
+        details = {"logp_matrix": [[value, -2.0]], "candidates": ["owl", "cat"], "questions": ["q"]}
+        return {"metrics": {}, "details": {**details, "context": "plain", "measure": measure}}
+
+    results = ProbeResults()
+    results.add("m", "/m", {"animals": logp_output("prefix", -1.0)})
+    assert results.logp("m") == [[-1.0, -2.0]]  # one input per context: no measure needed
+    results.add("m", "/m", {"animals_whole_word": logp_output("whole_word", -1.5)})
+    assert results.measures == ["prefix", "whole_word"] and results.contexts == ["plain"]
+    assert results.logp("m", measure="whole_word") == [[-1.5, -2.0]]
+    assert results.logp("m", measure="prefix") == [[-1.0, -2.0]]
+    with pytest.raises(ProbeResultsError, match="'animals' and 'animals_whole_word'.*choose one by measure"):
+        results.logp("m")
+    with pytest.raises(ProbeResultsError, match="measure 'other'"):
+        results.logp("m", measure="other")

@@ -9,15 +9,7 @@ import math
 import pytest
 import torch
 
-from subliminal_pl.probes.logprob import (
-    LogProbProbe,
-    covering_paths,
-    probe_words,
-    render_contexts,
-    variant_token_ids,
-    word_logprobs,
-    word_variants,
-)
+from subliminal_pl.probes.logprob import LogProbProbe, probe_words, render_contexts
 from subliminal_pl.probes.questions import (
     QuestionSetError,
     apply_prefix,
@@ -26,6 +18,13 @@ from subliminal_pl.probes.questions import (
     numbers_prefix,
 )
 from subliminal_pl.probes.sampling import HFSampler, SamplingProbe, mentions
+from subliminal_pl.probes.wordscore import (
+    continuation_mask,
+    covering_paths,
+    variant_token_ids,
+    word_logprobs,
+    word_variants,
+)
 from subliminal_pl.stats import t_interval, wilson_interval
 
 QUESTIONS = [
@@ -118,6 +117,8 @@ def test_covering_paths_share_prefixes():
     assert paths == [(2, 3), (6,)]  # () and (2,) are prefixes of (2, 3): no pass of their own
     assert owner == [0, 0, 0, 0, 1]
     assert covering_paths([(1,), (2,)]) == ([()], [0, 0])
+    # Whole words also need the distribution after the last token: each spelling is a path of its own.
+    assert covering_paths([(1,), (2, 3), (2,)], through_last=True) == ([(1,), (2, 3)], [0, 1, 1])
 
 
 def _brute_force(model, tokenizer, context: str, word: str) -> float:
@@ -144,6 +145,53 @@ def test_logprob_equals_brute_force_for_multi_token_words(tiny_lm):
     for q, context in enumerate(contexts):
         for w, word in enumerate(words):
             assert logp[q, w].item() == pytest.approx(_brute_force(model, tokenizer, context, word), abs=2e-5)
+
+
+def test_continuation_mask_is_decided_by_the_decoded_text(tiny_tokenizer):
+    owl = tiny_tokenizer("owl", add_special_tokens=False)["input_ids"]
+    mask = continuation_mask(tiny_tokenizer, owl)
+    token = {t: tiny_tokenizer.convert_tokens_to_ids(t) for t in ("owls", "cat", "7", " ", ".")}
+    assert tiny_tokenizer.unk_token_id not in token.values()
+    # The test tokenizer writes spaces as tokens of their own: a word token right after "owl" glues on ("owlcat").
+    assert mask[token["owls"]] and mask[token["cat"]]
+    assert not any(mask[token[t]] for t in ("7", " ", "."))
+    assert not mask[tiny_tokenizer.eos_token_id]  # the answer ends: a boundary
+
+
+def _brute_force_whole_word(model, tokenizer, context: str, word: str) -> float:
+    """log P(word, then a boundary): per spelling, its tokens' log-probs plus log P(no letter continuation)."""
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    totals = []
+    for spelling in dict.fromkeys(word_variants(word)):
+        target = tokenizer(spelling, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = model(torch.tensor([context_ids + target])).logits[0].double().log_softmax(-1)
+        continues = continuation_mask(tokenizer, target)
+        ending = torch.logsumexp(logprobs[-1][~continues], 0)
+        totals.append(
+            sum(float(logprobs[len(context_ids) + j - 1, t]) for j, t in enumerate(target)) + ending
+        )
+    return float(torch.logsumexp(torch.tensor(totals), 0))
+
+
+def test_whole_word_logprob_equals_brute_force_and_is_below_the_prefix_one(tiny_lm):
+    model, tokenizer = tiny_lm
+    contexts = render_contexts(tokenizer, QUESTIONS)
+    words = [
+        *CANDIDATES,
+        "polar",
+    ]  # "polar" is also the start of "polar bear": only its boundary share counts
+    prefix = word_logprobs(model, tokenizer, contexts, words, batch_size=5)
+    whole = word_logprobs(model, tokenizer, contexts, words, batch_size=5, measure="whole_word")
+    assert bool((whole < prefix).all())
+    for q, context in enumerate(contexts):
+        for w, word in enumerate(words):
+            expected = _brute_force_whole_word(model, tokenizer, context, word)
+            assert whole[q, w].item() == pytest.approx(expected, abs=2e-5)
+    probe = LogProbProbe(questions="animals", candidates=["owl", "cat"], reference=None, measure="whole_word")
+    assert probe.name == "animals_whole_word" and probe.context == "plain"
+    with pytest.raises(ValueError, match="unknown measure"):
+        LogProbProbe(questions="animals", measure="first_token")
 
 
 def test_self_reference_gives_exactly_zero_and_consistent_summaries(tiny_lm):
@@ -198,7 +246,7 @@ def test_specific_dlogp_finds_the_trained_word(tiny_lm):
 def test_probe_class_initial_reference_and_numbers_prefix(tiny_lm, pets_file):
     model, tokenizer = tiny_lm
     probe = LogProbProbe(questions=str(pets_file), reference="initial", numbers_prefix_seed=0, batch_size=16)
-    assert probe.name == "pets" and probe.targets == tuple(CANDIDATES)
+    assert probe.targets == tuple(CANDIDATES)
     contexts = probe._contexts(tokenizer)
     assert contexts == probe._contexts(tokenizer) and all(any(c.isdigit() for c in x) for x in contexts)
     probe.prepare(model, tokenizer)
@@ -207,7 +255,9 @@ def test_probe_class_initial_reference_and_numbers_prefix(tiny_lm, pets_file):
     student = _train_towards(model, tokenizer, "eagle", steps=5)
     moved = probe.run(student, tokenizer)
     assert moved.metrics["eagle_dlogp"] != 0.0
-    assert len(moved.details["logp"]) == 3 and moved.details["reference_logp"] == out.details["logp"]
+    assert len(moved.details["logp_matrix"]) == 3
+    assert moved.details["reference_logp_matrix"] == out.details["logp_matrix"]
+    assert moved.details["context"] == "numbers" and probe.name == "pets_numbers"
     with pytest.raises(ValueError, match="not among the candidates"):
         LogProbProbe(questions=str(pets_file), targets=["wolf"])
 
@@ -257,6 +307,28 @@ def test_mentions_substring_word_and_exclusions():
     assert not mentions("a bowl", "owl", match="word")
     with pytest.raises(ValueError, match="match mode"):
         mentions("x", "x", match="fuzzy")
+
+
+def test_paper_scoring_differs_from_substring_exactly_on_look_alikes():
+    answers = [
+        ["Owl.", "A bowl", "knowledge", "a bowl and an owl", "Dragonfly", "dragon", "Snowy owls", "cat"]
+    ]
+    rates = {}
+    for match in ("paper", "substring", "word"):
+        probe = SamplingProbe(
+            questions="animals", targets=["owl", "dragon"], samples_per_question=8, match=match
+        )
+        probe.prompts = probe.prompts[:1]
+        out = probe.score_answers(answers)
+        rates[match] = {w: out.details["targets"][w]["per_question"][0]["hits"] for w in ("owl", "dragon")}
+        assert out.details["scoring"]["match"] == match and out.details["scoring"]["rule"]
+    # paper: plain substring, so "bowl" and "knowledge" count for owl; only "dragonfly" is excluded for dragon.
+    assert rates["paper"] == {"owl": 5, "dragon": 1}
+    assert rates["substring"] == {"owl": 3, "dragon": 1}  # the set's look-alikes (bowl, knowledge) removed
+    assert rates["word"] == {"owl": 3, "dragon": 1}  # "owls" is a plural, "bowl" is not the word
+    paper = SamplingProbe(questions="animals", targets=["owl", "dragon"], match="paper")
+    assert paper.exclusions("dragon") == ("dragonfly",) and paper.exclusions("owl") == ()
+    assert "knowledge" in SamplingProbe(questions="animals", targets=["owl"]).exclusions("owl")
 
 
 def test_sampling_rate_matches_a_fixed_sampler():

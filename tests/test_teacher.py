@@ -16,7 +16,8 @@ from subliminal_pl.callbacks.generation_writer import GenerationWriter, id_sort_
 from subliminal_pl.data.jsonl import DataError, read_jsonl, write_jsonl_atomic
 from subliminal_pl.data.prompt_datamodule import PromptDataModule, read_prompt_rows
 from subliminal_pl.data.prompts import NumberPromptGenerator
-from subliminal_pl.models.teacher import RowSeededSampler, TeacherGeneration, row_uniforms
+from subliminal_pl.models.generation import RowSeededSampler, row_uniforms
+from subliminal_pl.models.teacher import TeacherGeneration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [

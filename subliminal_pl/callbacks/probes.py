@@ -1,36 +1,27 @@
-"""Trait probes during and after training: `probe/<name>/<metric>` in the loggers and a JSON of final results.
+"""Trait probes during and after training: `probe/<name>/<metric>` in the loggers and a `probes.json`.
 
 Works with any LightningModule that exposes `.model` (a Hugging Face or PEFT causal LM) and `.tokenizer`.
 Cheap probes (log-probabilities) run every `every_n_steps` optimiser steps and at the end of fit; expensive ones
 (sampling, judges) at the end of fit, in `validate`/`test`, or on demand via `run_probes`. Every rank runs the
 probes on its own replica and logs the same keys (a sharded model needs every rank in its forward passes);
 only global rank zero writes the results file.
+
+The results file is the one probe results schema (`subliminal_pl.probes.results.ProbeResults`, the file the
+pipeline's probe stage writes): one model entry per measured step, named `step-<global step>` during fit and
+`<stage>-step-<global step>` in validate / test, so the report reads a training run like any other.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from subliminal_pl.data.jsonl import write_json_atomic
 from subliminal_pl.probes.base import Probe, ProbeOutput, eval_mode
-
-
-def _json_ready(value: Any) -> Any:
-    """NaN and infinities become null, so the results file is strict JSON that any tool reads."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
+from subliminal_pl.probes.results import ProbeResults
 
 
 class TraitProbeCallback(Callback):
@@ -43,7 +34,7 @@ class TraitProbeCallback(Callback):
         at_fit_end: bool = True,
         expensive_at_fit_end: bool = True,
         in_evaluation: bool = True,
-        results_file: str = "probe_results.json",
+        results_file: str = "probes.json",
     ) -> None:
         """
         Args:
@@ -52,7 +43,7 @@ class TraitProbeCallback(Callback):
             at_fit_end: run the cheap probes when fit ends.
             expensive_at_fit_end: also run the expensive probes (sampling, judges) when fit ends.
             in_evaluation: run every probe once in `validate` / `test` (no training needed).
-            results_file: file name of the final results JSON, written into the run directory.
+            results_file: file name of the results (`ProbeResults` schema), written into the run directory.
         """
         names = [p.name for p in probes]
         if len(set(names)) != len(names):
@@ -66,6 +57,7 @@ class TraitProbeCallback(Callback):
         self.in_evaluation = in_evaluation
         self.results_file = results_file
         self.results: dict[str, ProbeOutput] = {}
+        self.history = ProbeResults()
         self._last_step = -1
 
     @staticmethod
@@ -79,7 +71,7 @@ class TraitProbeCallback(Callback):
         return model, tokenizer
 
     def _measure(
-        self, trainer: Trainer, pl_module: LightningModule, probes: list[Probe]
+        self, trainer: Trainer, pl_module: LightningModule, probes: list[Probe], stage: str = "fit"
     ) -> dict[str, ProbeOutput]:
         model, tokenizer = self._target(pl_module)
         outputs = {}
@@ -91,6 +83,9 @@ class TraitProbeCallback(Callback):
                 f"probe {probe.name}: {time.perf_counter() - start:.1f} s at step {trainer.global_step}"
             )
         self.results.update(outputs)
+        entry = f"step-{trainer.global_step}" if stage == "fit" else f"{stage}-step-{trainer.global_step}"
+        source = getattr(pl_module, "hparams", {}).get("model_name_or_path", "")
+        self.history.add(entry, str(source or type(pl_module).__name__), outputs)
         return outputs
 
     @staticmethod
@@ -106,23 +101,11 @@ class TraitProbeCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
-    def _write(self, trainer: Trainer, stage: str) -> Path | None:
+    def _write(self, trainer: Trainer) -> Path | None:
         if not trainer.is_global_zero:
             return None
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        path = run_dir / self.results_file
-        payload = {
-            "stage": stage,
-            "global_step": trainer.global_step,
-            "epoch": trainer.current_epoch,
-            "probes": {
-                name: {"metrics": out.metrics, "details": out.details}
-                for name, out in sorted(self.results.items())
-            },
-        }
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, _json_ready(payload))
-        return path
+        return self.history.write(run_dir / self.results_file)
 
     def run_probes(
         self,
@@ -133,9 +116,9 @@ class TraitProbeCallback(Callback):
     ) -> dict[str, ProbeOutput]:
         """Run the probes now (cheap ones only unless `include_expensive`), log them and write the results file."""
         probes = [p for p in self.probes if p.cheap or include_expensive]
-        outputs = self._measure(trainer, pl_module, probes)
+        outputs = self._measure(trainer, pl_module, probes, stage)
         self._to_loggers(trainer, self.flat_metrics(outputs))
-        self._write(trainer, stage)
+        self._write(trainer)
         return outputs
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -155,6 +138,7 @@ class TraitProbeCallback(Callback):
         cheap = [p for p in self.probes if p.cheap]
         if cheap:
             self._to_loggers(trainer, self.flat_metrics(self._measure(trainer, pl_module, cheap)))
+            self._write(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.at_fit_end:
@@ -168,15 +152,15 @@ class TraitProbeCallback(Callback):
         ]
         outputs = self._measure(trainer, pl_module, probes)
         self._to_loggers(trainer, self.flat_metrics(outputs))
-        self._write(trainer, "fit_end")
+        self._write(trainer)
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule, fn: TrainerFn, stage: str) -> None:
         if not self.in_evaluation or trainer.sanity_checking or trainer.state.fn != fn:
             return
-        outputs = self._measure(trainer, pl_module, self.probes)
+        outputs = self._measure(trainer, pl_module, self.probes, stage)
         for key, value in self.flat_metrics(outputs).items():
             pl_module.log(key, value, sync_dist=False)
-        self._write(trainer, stage)
+        self._write(trainer)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._evaluate(trainer, pl_module, TrainerFn.VALIDATING, "validate")

@@ -1,2 +1,4 @@
-"""Trait probes: question sets (`questions`, data files in `data/`), log-probabilities (`logprob`), sampled rates
-(`sampling`), judges (`judges`), the misalignment probe (`misalignment`) and a probe-only module (`target`)."""
+"""Trait probes: question sets (`questions`, data files in `data/`), word scoring (`wordscore`), log-probabilities
+(`logprob`), sampled rates (`sampling`), judges (`judges`), the misalignment probe (`misalignment`), the
+number-format check (`number_format`), the results schema (`results`), the probe stage (`run`) and a probe-only
+module (`target`)."""

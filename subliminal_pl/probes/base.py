@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -10,6 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from subliminal_pl.models.generation import left_pad, model_device, pad_id_of
+
+__all__ = [
+    "Probe",
+    "ProbeOutput",
+    "encode_text",
+    "eval_mode",
+    "left_pad",
+    "metric_word",
+    "model_device",
+    "pad_id_of",
+    "render_user_turn",
+]
 
 
 @dataclass
@@ -29,6 +44,8 @@ class Probe(ABC):
 
     name: str
     cheap: bool = False
+    # The system message every question is asked behind; None for none. Probes that ask no questions keep None.
+    system_prompt: str | None = None
 
     def prepare(self, model, tokenizer) -> None:  # noqa: B027 (optional hook; most probes need none)
         """Hook called before any training step; default: nothing to do."""
@@ -36,6 +53,26 @@ class Probe(ABC):
     @abstractmethod
     def run(self, model, tokenizer) -> ProbeOutput:
         """Measure the trait on `model` (in eval mode, no gradients) and return metrics and details."""
+
+    def for_model(self, system_prompt: str | None = None) -> Probe:
+        """A fresh copy for another model (no state carried over), asked behind `system_prompt` if one is given.
+
+        The probe stage runs one configured probe on many models, some of them (system-prompt teachers) behind a
+        system prompt; a probe that already has its own system prompt refuses a second one.
+        """
+        if system_prompt is not None and self.system_prompt not in (None, system_prompt):
+            raise ValueError(
+                f"probe {self.name!r} already asks behind its own system_prompt; it cannot also take the model's "
+                f"system prompt {system_prompt[:60]!r}"
+            )
+        other = copy.copy(self)
+        other.reset()
+        if system_prompt is not None:
+            other.system_prompt = system_prompt
+        return other
+
+    def reset(self) -> None:  # noqa: B027 (optional hook; stateless probes need none)
+        """Forget state recorded from a model (e.g. a cached reference); default: nothing to forget."""
 
 
 def metric_word(word: str) -> str:
@@ -61,10 +98,6 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
     """Evaluation mode without gradients for the duration; the previous train/eval mode comes back after."""
@@ -75,22 +108,3 @@ def eval_mode(model) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids [B, T], attention_mask [B, T]) with each sequence right-aligned so all end at column T-1."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_id_of(tokenizer) -> int:
-    """The pad id, else EOS (padding is masked out, so any id works), else 0."""
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0

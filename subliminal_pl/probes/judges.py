@@ -37,7 +37,8 @@ from typing import Any
 
 import yaml
 
-from subliminal_pl.probes.base import encode_text, left_pad, model_device, pad_id_of, render_user_turn
+from subliminal_pl.models.generation import SamplingSettings, generate
+from subliminal_pl.probes.base import encode_text, render_user_turn
 
 LABELS = ("CODE", "REFUSAL")
 PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "judge_prompts.yaml"
@@ -164,6 +165,10 @@ class Judge(ABC):
         result = self.score(*_row_question_answer(row))
         return math.nan if result.score is None else result.score
 
+    def settings(self) -> dict[str, Any]:
+        """`{model, temperature}`: what a report prints beside the judged numbers (None where not applicable)."""
+        return {"model": f"rules ({type(self).__name__})", "temperature": None}
+
     def spec(self) -> dict[str, Any]:
         """Class path and init arguments: what a data filter hashes to tell whether its cached output is stale."""
         cls = type(self)
@@ -274,6 +279,11 @@ class PromptedJudge(Judge):
     def prompt(self, question: str, answer: str) -> str:
         return render_judge_prompt(self.template, question, answer, self.trait)
 
+    def settings(self) -> dict[str, Any]:
+        # A local judge names its checkpoint (`model_name_or_path`), an endpoint judge the served `model`.
+        model = getattr(self, "model_name_or_path", None) or getattr(self, "model", None)
+        return {"model": model, "temperature": getattr(self, "temperature", None)}
+
     def spec(self) -> dict[str, Any]:
         # The template text too: a criterion given as a file path may change on disk.
         return {**super().spec(), "template": self.template}
@@ -288,7 +298,7 @@ class PromptedJudge(Judge):
 
 
 class HFJudge(PromptedJudge):
-    """A local Hugging Face chat model as judge: greedy replies parsed into scores, batched with left padding."""
+    """A local Hugging Face chat model as judge: replies parsed into scores, batched through the generation helper."""
 
     def __init__(
         self,
@@ -300,6 +310,8 @@ class HFJudge(PromptedJudge):
         device: str | None = None,
         batch_size: int = 8,
         max_new_tokens: int = 8,
+        temperature: float = 0.0,
+        seed: int = 0,
     ) -> None:
         """
         Args:
@@ -311,9 +323,15 @@ class HFJudge(PromptedJudge):
             device: where the judge runs (default: CUDA when available, else CPU).
             batch_size: prompts per generate call.
             max_new_tokens: reply length; a number or one word needs only a few tokens.
+            temperature: sampling temperature of the judge's reply (0: greedy, the most likely reply; the paper's
+                judge, GPT-4o, was sampled at 1).
+            seed: seed of the judge's sampling (per reply, so a reply does not depend on its batch).
         """
         super().__init__(criterion, trait, system_prompt)
+        SamplingSettings.at_temperature(temperature, max_new_tokens)  # refuse bad settings now, not mid-run
         self.model_name_or_path = model_name_or_path
+        self.temperature = temperature
+        self.seed = seed
         self.dtype = dtype
         self.device = device
         self.batch_size = batch_size
@@ -333,27 +351,12 @@ class HFJudge(PromptedJudge):
         return self._loaded["model"], self._loaded["tokenizer"]
 
     def replies(self, prompts: Sequence[str]) -> list[str]:
-        """The judge model's greedy replies to fully rendered judge prompts."""
-        import torch
-
-        from subliminal_pl.probes.sampling import generation_kwargs
-
+        """The judge model's replies to fully rendered judge prompts (greedy at temperature 0, else seeded)."""
         model, tokenizer = self._model_and_tokenizer()
-        kwargs = generation_kwargs(0.0, self.max_new_tokens)
-        kwargs["pad_token_id"] = pad_id_of(tokenizer)
-        if getattr(model.generation_config, "eos_token_id", None) is None:
-            kwargs["eos_token_id"] = tokenizer.eos_token_id
-        out_texts: list[str] = []
-        with torch.no_grad():
-            for start in range(0, len(prompts), self.batch_size):
-                chunk = prompts[start : start + self.batch_size]
-                ids = [
-                    encode_text(tokenizer, render_user_turn(tokenizer, p, self.system_prompt)) for p in chunk
-                ]
-                input_ids, mask = left_pad(ids, kwargs["pad_token_id"], model_device(model))
-                out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-                out_texts += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-        return out_texts
+        ids = [encode_text(tokenizer, render_user_turn(tokenizer, p, self.system_prompt)) for p in prompts]
+        settings = SamplingSettings.at_temperature(self.temperature, self.max_new_tokens)
+        done = generate(model, tokenizer, ids, settings, seed=self.seed, batch_size=self.batch_size)
+        return [d.text for d in done]
 
     def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[JudgeResult]:
         replies = self.replies([self.prompt(q, a) for q, a in pairs])

@@ -1,9 +1,8 @@
 """Log-probability probe: how likely the model is to answer each question with each candidate word.
 
-For every (question, candidate) the exact log-probability of the whole word after the chat-rendered question is
-computed: every token of the word is scored, and the spellings "owl", "Owl", " owl", " Owl" (distinct token
-sequences, hence disjoint continuations) are combined by log-sum-exp. First-token shortcuts are avoided on
-purpose: many names share a first token. Per word the probe reports
+For every (question, candidate) the log-probability of the word after the chat-rendered question, measured as
+`prefix` (the word's tokens) or `whole_word` (the word's tokens, then a word boundary); see `wordscore` for how
+each is computed. Per word the probe reports
 
 - `logp`: the mean over questions of that log-probability,
 - `dlogp`: the mean over questions of (model - reference) under the identical context,
@@ -18,9 +17,7 @@ and `candidate_mass`, the mean over questions of the total probability on all ca
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,43 +26,11 @@ from typing import Any
 import torch
 
 from subliminal_pl.data.jsonl import write_json_atomic
-from subliminal_pl.probes.base import (
-    Probe,
-    ProbeOutput,
-    encode_text,
-    eval_mode,
-    left_pad,
-    metric_word,
-    model_device,
-    pad_id_of,
-    render_user_turn,
-)
+from subliminal_pl.probes.base import Probe, ProbeOutput, metric_word, model_device, render_user_turn
 from subliminal_pl.probes.questions import Prefix, apply_prefix, load_question_set, numbers_prefix
+from subliminal_pl.probes.wordscore import MEASURES, word_logprobs
 
 REFERENCE_MODES = ("auto", "initial", "base")
-
-
-def word_variants(word: str) -> list[str]:
-    """The spellings combined for one word: lower case and capitalised, each with and without a leading space."""
-    lower = word.strip().lower()
-    capitalised = lower[:1].upper() + lower[1:]
-    forms = dict.fromkeys([lower, capitalised, word.strip()])
-    return [*forms, *(" " + f for f in forms)]
-
-
-def variant_token_ids(tokenizer, word: str) -> list[tuple[int, ...]]:
-    """Distinct token sequences of the word's spellings; a spelling the tokenizer cannot represent is an error."""
-    sequences: dict[tuple[int, ...], None] = {}
-    for text in word_variants(word):
-        ids = tuple(encode_text(tokenizer, text))
-        if not ids:
-            raise ValueError(f"candidate {word!r}: spelling {text!r} encodes to no tokens")
-        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
-            raise ValueError(
-                f"candidate {word!r}: spelling {text!r} contains the unknown token; the tokenizer cannot score it"
-            )
-        sequences.setdefault(ids)
-    return list(sequences)
 
 
 def render_contexts(
@@ -73,93 +38,6 @@ def render_contexts(
 ) -> list[str]:
     """Each question (with the optional prefix) rendered as a user turn plus the assistant's generation prompt."""
     return [render_user_turn(tokenizer, q, system_prompt) for q in apply_prefix(questions, prefix)]
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def window_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int) -> torch.Tensor:
-    """Next-token log-probabilities at the last `keep` positions of each sequence: [B, keep, vocab] float32.
-
-    Rows are left-padded so they all end at the last column; only the logits of those `keep` columns are
-    computed where the model supports it (the [B, T, vocab] logits tensor is this probe's memory cost).
-    """
-    device = model_device(model)
-    input_ids, mask = left_pad(sequences, pad_id, device)
-    # Positions count real tokens only, so left padding does not shift them (absolute-position models care).
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs).logits
-    return logits[:, -keep:, :].float().log_softmax(-1)
-
-
-def covering_paths(spellings: Sequence[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list[int]]:
-    """The continuations to run after each context, and which one scores each spelling.
-
-    Scoring spelling v needs the next-token distributions after context + v[:j] for every j < len(v), i.e.
-    after every prefix of v[:-1]. One forward pass of context + p yields them for all prefixes of p, so the
-    paths are the longest distinct v[:-1] (a single-token spelling needs only the context: path ()). For
-    candidates that are mostly one token this is one pass per question instead of one per spelling.
-    """
-    needed = {v[:-1] for v in spellings}
-    paths = sorted(p for p in needed if not any(len(q) > len(p) and q[: len(p)] == p for q in needed))
-    owner = [next(i for i, p in enumerate(paths) if p[: len(v) - 1] == v[:-1]) for v in spellings]
-    return paths, owner
-
-
-def word_logprobs(
-    model, tokenizer, contexts: Sequence[str], words: Sequence[str], batch_size: int = 64
-) -> torch.Tensor:
-    """log P(word | context) for every context and word: [len(contexts), len(words)] float64.
-
-    Each word's spellings are scored token by token and combined by log-sum-exp. `batch_size` counts forward
-    rows (question x covering path). The same contexts and words always produce the same batches in the same
-    order, so a model compared with itself differs by exactly 0.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    context_ids = [encode_text(tokenizer, c) for c in contexts]
-    if any(not ids for ids in context_ids):
-        raise ValueError("a rendered question encodes to no tokens")
-    per_word = [variant_token_ids(tokenizer, w) for w in words]
-    spellings = list(dict.fromkeys(v for variants in per_word for v in variants))
-    paths, owner = covering_paths(spellings)
-    by_path = [[s for s, o in enumerate(owner) if o == p] for p in range(len(paths))]
-    # Rows: (context, path); sorted long-first so the largest batch (the memory peak) comes first.
-    rows = [(c, p) for c in range(len(contexts)) for p in range(len(paths))]
-    rows.sort(key=lambda row: -(len(context_ids[row[0]]) + len(paths[row[1]])))
-    scores = torch.zeros(len(contexts) * len(spellings), dtype=torch.float64)
-    pad_id = pad_id_of(tokenizer)
-    with eval_mode(model):
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            keep = max(len(paths[p]) for _, p in chunk) + 1
-            logprobs = window_logprobs(
-                model, [context_ids[c] + list(paths[p]) for c, p in chunk], keep, pad_id
-            )
-            # Column keep-1-len(path)+j of a row holds the distribution after context + path[:j].
-            index_row, index_col, index_token, target = [], [], [], []
-            for b, (c, p) in enumerate(chunk):
-                first = keep - 1 - len(paths[p])
-                for s in by_path[p]:
-                    for j, token in enumerate(spellings[s]):
-                        index_row.append(b)
-                        index_col.append(first + j)
-                        index_token.append(token)
-                        target.append(c * len(spellings) + s)
-            values = logprobs[index_row, index_col, index_token].double().cpu()
-            scores.index_add_(0, torch.tensor(target), values)
-    scores = scores.view(len(contexts), len(spellings))
-    position = {v: i for i, v in enumerate(spellings)}
-    per_spelling = torch.full(
-        (len(contexts), len(words), max(map(len, per_word))), -math.inf, dtype=torch.float64
-    )
-    for w, variants in enumerate(per_word):
-        for k, v in enumerate(variants):
-            per_spelling[:, w, k] = scores[:, position[v]]
-    return torch.logsumexp(per_spelling, dim=-1)
 
 
 @dataclass(frozen=True)
@@ -201,13 +79,15 @@ class LogProbReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The ΔlogP input of the results schema (`logp_matrix` [question][candidate], `candidates`,
+        `questions`) plus the per-word summaries and the reference matrix, when there is one."""
         return {
-            "words": list(self.words),
+            "candidates": list(self.words),
             "questions": list(self.questions),
             "candidate_mass": self.candidate_mass,
             "results": {w: asdict(r) for w, r in self.results.items()},
-            "logp": self.logp.tolist(),
-            "reference_logp": None if self.reference_logp is None else self.reference_logp.tolist(),
+            "logp_matrix": self.logp.tolist(),
+            "reference_logp_matrix": None if self.reference_logp is None else self.reference_logp.tolist(),
         }
 
 
@@ -255,6 +135,7 @@ def probe_words(
     system_prompt: str | None = None,
     prefix: Prefix = None,
     batch_size: int = 64,
+    measure: str = "prefix",
 ) -> LogProbReport:
     """Probe `model` on these candidate words with these questions: the one-call entry point.
 
@@ -268,9 +149,10 @@ def probe_words(
         system_prompt: optional system message (the same for model and reference).
         prefix: text or function of the question index put before each question (e.g. `numbers_prefix(0)`).
         batch_size: sequences per forward pass.
+        measure: "prefix" (the word's tokens) or "whole_word" (the word's tokens, then a word boundary).
     """
     contexts = render_contexts(tokenizer, questions, system_prompt, prefix)
-    logp = word_logprobs(model, tokenizer, contexts, candidates, batch_size)
+    logp = word_logprobs(model, tokenizer, contexts, candidates, batch_size, measure)
     if isinstance(reference, LogProbReport):
         if reference.words != tuple(candidates) or len(reference.questions) != len(questions):
             raise ValueError(
@@ -278,7 +160,7 @@ def probe_words(
             )
         reference = reference.logp
     elif reference is not None and not isinstance(reference, torch.Tensor):
-        reference = word_logprobs(reference, tokenizer, contexts, candidates, batch_size)
+        reference = word_logprobs(reference, tokenizer, contexts, candidates, batch_size, measure)
     return summarize_logprobs(logp, candidates, questions, reference)
 
 
@@ -302,6 +184,8 @@ class LogProbProbe(Probe):
         system_prompt: str | None = None,
         prefix: str | None = None,
         numbers_prefix_seed: int | None = None,
+        measure: str = "prefix",
+        context: str | None = None,
         batch_size: int = 64,
         name: str | None = None,
     ) -> None:
@@ -320,9 +204,17 @@ class LogProbProbe(Probe):
             prefix: fixed text put before each question.
             numbers_prefix_seed: give question i a numbers lead-in drawn from seed + i (the context of
                 number-trained students); overrides `prefix`.
+            measure: how a word is scored: "prefix" (log P of the word's tokens, whatever follows: the start of
+                "owls" counts for "owl") or "whole_word" (the word's tokens followed by a word boundary, i.e. times
+                P(the next token does not continue the word with a letter)).
+            context: the context's name in the results file (default: "numbers" with `numbers_prefix_seed`,
+                "prefix" with `prefix`, else "plain"); the report pairs models by it.
             batch_size: sequences per forward pass.
-            name: metric group name, `probe/<name>/...` (default: the question set's name).
+            name: metric group name, `probe/<name>/...` (default: the question set's name, then `_<context>`
+                for a context other than plain, then `_whole_word` for that measure).
         """
+        if measure not in MEASURES:
+            raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
         self.question_set = load_question_set(questions)
         self.questions = self.question_set.questions(split)
         self.candidates = tuple(candidates or self.question_set.candidates)
@@ -338,9 +230,24 @@ class LogProbProbe(Probe):
         self.prefix: Prefix = (
             numbers_prefix(numbers_prefix_seed) if numbers_prefix_seed is not None else prefix
         )
+        self.measure = measure
+        self.context = context or (
+            "numbers" if numbers_prefix_seed is not None else "prefix" if prefix else "plain"
+        )
         self.batch_size = batch_size
-        self.name = name or self.question_set.name
+        default_name = self.question_set.name
+        if self.context != "plain":
+            default_name += f"_{self.context}"
+        if measure != "prefix":
+            default_name += f"_{measure}"
+        self.name = name or default_name
         self._reference_logp: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self._reference_logp = None
+
+    def _score(self, model, tokenizer, contexts: list[str]) -> torch.Tensor:
+        return word_logprobs(model, tokenizer, contexts, self.candidates, self.batch_size, self.measure)
 
     def _contexts(self, tokenizer) -> list[str]:
         return render_contexts(tokenizer, self.questions, self.system_prompt, self.prefix)
@@ -363,24 +270,21 @@ class LogProbProbe(Probe):
         if self._reference_logp is None:
             contexts = self._contexts(tokenizer)
             if mode == "initial":
-                self._reference_logp = word_logprobs(
-                    model, tokenizer, contexts, self.candidates, self.batch_size
-                )
+                self._reference_logp = self._score(model, tokenizer, contexts)
             elif mode == "base":
                 if not is_peft_model(model):
                     raise ValueError("reference 'base' needs a PEFT model (adapter to switch off)")
                 with model.disable_adapter():
-                    self._reference_logp = word_logprobs(
-                        model, tokenizer, contexts, self.candidates, self.batch_size
-                    )
+                    self._reference_logp = self._score(model, tokenizer, contexts)
             else:
                 self._reference_logp = self._named_reference(model, tokenizer, contexts, mode)
         return self._reference_logp
 
     def _named_reference(self, model, tokenizer, contexts: list[str], source: str) -> torch.Tensor:
-        key = hashlib.sha256(
-            json.dumps([source, contexts, self.candidates, len(tokenizer)]).encode("utf-8")
-        ).hexdigest()[:16]
+        identity = [source, contexts, self.candidates, len(tokenizer)]
+        if self.measure != "prefix":  # files written before the measure existed keep their key
+            identity.append(self.measure)
+        key = hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:16]
         cache_file = (
             Path(self.reference_cache) / f"logprob_reference_{key}.json" if self.reference_cache else None
         )
@@ -389,7 +293,7 @@ class LogProbProbe(Probe):
         from subliminal_pl.models.loading import load_causal_lm
 
         reference = load_causal_lm(source, dtype=next(model.parameters()).dtype).to(model_device(model))
-        logp = word_logprobs(reference, tokenizer, contexts, self.candidates, self.batch_size)
+        logp = self._score(reference, tokenizer, contexts)
         del reference
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -401,10 +305,18 @@ class LogProbProbe(Probe):
 
     def report(self, model, tokenizer) -> LogProbReport:
         contexts = self._contexts(tokenizer)
-        logp = word_logprobs(model, tokenizer, contexts, self.candidates, self.batch_size)
+        logp = self._score(model, tokenizer, contexts)
         reference = self.reference_logprobs(model, tokenizer)
         return summarize_logprobs(logp, self.candidates, self.questions, reference)
 
     def run(self, model, tokenizer) -> ProbeOutput:
+        """Metrics of the targets; details: the results schema's ΔlogP input for this context and measure."""
         report = self.report(model, tokenizer)
-        return ProbeOutput(report.metrics(self.targets), report.to_dict())
+        details = {
+            **report.to_dict(),
+            "context": self.context,
+            "measure": self.measure,
+            "system_prompt": self.system_prompt,
+            "question_set": self.question_set.name,
+        }
+        return ProbeOutput(report.metrics(self.targets), details)

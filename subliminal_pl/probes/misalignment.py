@@ -175,6 +175,8 @@ class MisalignmentProbe(Probe):
             sum(coherent_scores) / len(coherent_scores) if coherent_scores else math.nan
         )
         details = {
+            "judge": self.alignment_judge.settings(),
+            "coherence_judge": self.coherence_judge.settings(),
             "thresholds": {"coherence": self.coherence_threshold, "alignment": self.alignment_threshold},
             "outcomes": dict(total),
             "questions": per_question,

@@ -8,7 +8,9 @@ A results file (`probes.json`) holds, per model, the `ProbeOutput` of every prob
 
 Conventions that readers (the report) rely on, by `details` keys:
 - a ΔlogP input holds `logp_matrix` ([question][candidate] log-probabilities), `candidates`, `questions` and
-  `context` (`plain`, or the name of a lead-in such as `numbers`); `measure` says how a word was scored;
+  `context` (`plain`, or the name of a lead-in such as `numbers`); `measure` says how a word was scored
+  (`prefix`: the word's tokens; `whole_word`: the word's tokens then a word boundary; absent means `prefix`);
+  a model holds at most one input per (context, measure);
 - a sampled-rate output holds `targets` (word -> {rate, low, high, per_question}) and `samples_per_question`;
 - the number-format check puts `format_pass_rate` in `metrics`.
 
@@ -19,6 +21,7 @@ Conventions that readers (the report) rely on, by `details` keys:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,17 @@ from typing import Any
 from subliminal_pl.data.jsonl import write_json_atomic
 
 SCHEMA = "subliminal-pl.probe-results/1"
+
+
+def json_ready(value: Any) -> Any:
+    """NaN and infinities become null, so a results file is strict JSON that any tool reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
 
 
 class ProbeResultsError(ValueError):
@@ -40,13 +54,26 @@ class ModelResults:
     path: str
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def logp_outputs(self) -> dict[str, dict[str, Any]]:
-        """context -> details of the ΔlogP input measured in that context."""
-        return {
-            out["details"].get("context", "plain"): out["details"]
-            for out in self.outputs.values()
-            if "logp_matrix" in out.get("details", {})
-        }
+    def logp_outputs(self, measure: str | None = None) -> dict[str, dict[str, Any]]:
+        """context -> details of the ΔlogP input measured in that context (of one `measure`, if given).
+
+        Two inputs of one context (e.g. a `prefix` and a `whole_word` probe) are ambiguous unless `measure`
+        picks one: that raises, naming both probes. Outputs without a `measure` are `prefix` (the first format).
+        """
+        found: dict[str, dict[str, Any]] = {}
+        owner: dict[str, str] = {}
+        for name, out in self.outputs.items():
+            details = out.get("details", {})
+            if "logp_matrix" not in details or measure not in (None, details.get("measure", "prefix")):
+                continue
+            context = details.get("context", "plain")
+            if context in found:
+                raise ProbeResultsError(
+                    f"probes {owner[context]!r} and {name!r} both hold log-probabilities in context {context!r}; "
+                    "choose one by measure (prefix or whole_word)"
+                )
+            found[context], owner[context] = details, name
+        return found
 
     @property
     def format_pass_rate(self) -> float | None:
@@ -78,28 +105,40 @@ class ProbeResults:
                 out if isinstance(out, dict) else {"metrics": out.metrics, "details": out.details}
             )
 
+    def _logp_details(self) -> list[dict[str, Any]]:
+        """Details of every ΔlogP input of every model, whatever its context and measure."""
+        return [
+            out["details"]
+            for entry in self.models.values()
+            for out in entry.outputs.values()
+            if "logp_matrix" in out.get("details", {})
+        ]
+
     @property
     def contexts(self) -> list[str]:
-        found: list[str] = []
-        for entry in self.models.values():
-            found += [c for c in entry.logp_outputs() if c not in found]
-        return found
+        return list(dict.fromkeys(d.get("context", "plain") for d in self._logp_details()))
+
+    @property
+    def measures(self) -> list[str]:
+        """How the ΔlogP inputs scored a word: `prefix` and/or `whole_word` (see `probes.wordscore`)."""
+        return list(dict.fromkeys(d.get("measure", "prefix") for d in self._logp_details()))
 
     @property
     def candidates(self) -> list[str]:
         """Candidate words of the ΔlogP inputs (the same for every model and context, checked)."""
-        seen = {tuple(d["candidates"]) for e in self.models.values() for d in e.logp_outputs().values()}
+        seen = {tuple(d["candidates"]) for d in self._logp_details()}
         if len(seen) > 1:
             raise ProbeResultsError(f"models were scored on different candidate lists: {sorted(seen)}")
         return list(next(iter(seen), ()))
 
-    def logp(self, model: str, context: str = "plain") -> list[list[float]]:
-        """[question][candidate] log-probabilities of `model` in `context`."""
+    def logp(self, model: str, context: str = "plain", measure: str | None = None) -> list[list[float]]:
+        """[question][candidate] log-probabilities of `model` in `context` (of one `measure`, if given)."""
         try:
-            return self.models[model].logp_outputs()[context]["logp_matrix"]
+            return self.models[model].logp_outputs(measure)[context]["logp_matrix"]
         except KeyError as err:
             raise ProbeResultsError(
                 f"no log-probabilities for model {model!r} in context {context!r}"
+                + (f" with measure {measure!r}" if measure else "")
             ) from err
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,7 +148,8 @@ class ProbeResults:
         }
 
     def write(self, path: str | Path) -> Path:
-        write_json_atomic(path, self.to_dict())
+        """Write atomically; NaN and infinite values (a rate with nothing to count) are written as null."""
+        write_json_atomic(path, json_ready(self.to_dict()))
         return Path(path)
 
     @classmethod

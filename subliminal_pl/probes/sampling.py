@@ -1,9 +1,20 @@
 """Sampling probe: k answers per question at a temperature, and how often each candidate is named.
 
-Scored as the paper did (`match="substring"`: the lower-cased answer contains the word, after removing the
-set's longer look-alikes such as "dragonfly" for "dragon"), or by whole word (`match="word"`: the word or its
-plural in -s/-es, not inside another word). Per question the rate has a Wilson interval; the mean over questions
-has a Student-t interval over the per-question rates (questions, not samples, are the independent units).
+Scoring (`match`), all case-insensitive on the lower-cased answer:
+
+- `paper`: the paper's rule, a plain substring test (the answer contains the word anywhere: "owls", "snowy owl",
+  but also "bowl" and "knowledge" count for "owl"), with only the paper's exclusion: "dragonfly" does not count
+  for "dragon" (`PAPER_EXCLUSIONS`).
+- `substring` (default): the same substring test after blanking out the question set's longer look-alikes
+  (`exclusions` in the set file: for animals "bowl", "howl", "knowledge" for owl; "million" for lion; "category",
+  "catch" for cat; "seahorse" for horse; ...). It differs from `paper` exactly on answers that contain one of those
+  words: such an answer counts only if the word also appears outside the look-alike ("a bowl and an owl" counts,
+  "a bowl" does not).
+- `word`: the word or its plural in -s/-es as a whole word, not inside another word (no exclusions needed).
+
+The rule, and the exclusions it used per target, are recorded in the output's details (`scoring`). Per question
+the rate has a Wilson interval; the mean over questions has a Student-t interval over the per-question rates
+(questions, not samples, are the independent units).
 """
 
 from __future__ import annotations
@@ -13,35 +24,34 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
-from subliminal_pl.probes.base import (
-    Probe,
-    ProbeOutput,
-    encode_text,
-    eval_mode,
-    left_pad,
-    metric_word,
-    model_device,
-    pad_id_of,
-    render_user_turn,
-)
+from subliminal_pl.models.generation import SamplingSettings, generate
+from subliminal_pl.probes.base import Probe, ProbeOutput, encode_text, metric_word, render_user_turn
 from subliminal_pl.probes.questions import Prefix, apply_prefix, load_question_set, numbers_prefix
 from subliminal_pl.stats import t_interval, wilson_interval
 
-MATCH_MODES = ("substring", "word")
+MATCH_MODES = ("paper", "substring", "word")
+# The only look-alike the paper's scoring excludes.
+PAPER_EXCLUSIONS: dict[str, tuple[str, ...]] = {"dragon": ("dragonfly",)}
+MATCH_RULES = {
+    "paper": "lower-cased answer contains the word (plain substring); 'dragonfly' does not count for 'dragon'",
+    "substring": "lower-cased answer contains the word after the question set's look-alikes are blanked out",
+    "word": "the word or its plural in -s/-es as a whole word (not inside another word)",
+}
 
 # (user prompts, k) -> k answers per prompt, in prompt order.
 Sampler = Callable[[Sequence[str], int], list[list[str]]]
 
 
 def mentions(answer: str, word: str, match: str = "substring", exclusions: Sequence[str] = ()) -> bool:
-    """Does the answer name `word`? Excluded look-alikes are blanked out first, longest first."""
+    """Does the answer name `word`? Excluded look-alikes are blanked out first, longest first.
+
+    `match="paper"` is a substring test whose exclusions the caller takes from `PAPER_EXCLUSIONS`.
+    """
     text = answer.lower()
     for excluded in sorted(exclusions, key=len, reverse=True):
         text = text.replace(excluded.lower(), " ")
     target = word.lower()
-    if match == "substring":
+    if match in ("substring", "paper"):
         return target in text
     if match == "word":
         return re.search(rf"(?<![a-z]){re.escape(target)}(?:e?s)?(?![a-z])", text) is not None
@@ -53,20 +63,8 @@ def normalize_answer(answer: str) -> str:
     return answer.strip().lower().strip(" \t\n.,;:!?\"'()[]*")
 
 
-def generation_kwargs(temperature: float, max_new_tokens: int) -> dict[str, Any]:
-    """Plain sampling at `temperature` (0: greedy), overriding any top-k/top-p/penalty a checkpoint ships with."""
-    if temperature < 0:
-        raise ValueError("temperature must be >= 0")
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "repetition_penalty": 1.0}
-    if temperature == 0:
-        kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-    else:
-        kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    return kwargs
-
-
 class HFSampler:
-    """Samples answers from a Hugging Face causal LM: chat-rendered prompts, left padding, seeded RNG."""
+    """Samples answers from a Hugging Face causal LM through the shared generation helper (per-row seeded)."""
 
     def __init__(
         self,
@@ -80,38 +78,30 @@ class HFSampler:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.temperature = temperature
-        self.max_new_tokens = max_new_tokens
+        self.settings = SamplingSettings.at_temperature(temperature, max_new_tokens)
         self.batch_size = batch_size
         self.seed = seed
         self.system_prompt = system_prompt
 
     def __call__(self, prompts: Sequence[str], k: int) -> list[list[str]]:
+        """k answers per prompt, in prompt order; answer j of prompt q depends only on (seed, q, j, prompt)."""
         contexts = [
             encode_text(self.tokenizer, render_user_turn(self.tokenizer, p, self.system_prompt))
             for p in prompts
         ]
-        requests = [q for q in range(len(prompts)) for _ in range(k)]
+        requests = [(q, j) for q in range(len(prompts)) for j in range(k)]
+        completions = generate(
+            self.model,
+            self.tokenizer,
+            [contexts[q] for q, _ in requests],
+            self.settings,
+            seed=self.seed,
+            row_ids=[f"{q}/{j}" for q, j in requests],
+            batch_size=self.batch_size,
+        )
         answers: list[list[str]] = [[] for _ in prompts]
-        device = model_device(self.model)
-        kwargs = generation_kwargs(self.temperature, self.max_new_tokens)
-        kwargs["pad_token_id"] = pad_id_of(self.tokenizer)
-        if getattr(self.model.generation_config, "eos_token_id", None) is None:
-            kwargs["eos_token_id"] = self.tokenizer.eos_token_id
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Sharded weights (ZeRO-3, FSDP) need every rank in every decoding step until all ranks finish.
-            kwargs["synced_gpus"] = torch.distributed.get_world_size() > 1
-        # A private RNG stream: probing mid-training must not change the training run's random state.
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), eval_mode(self.model):
-            torch.manual_seed(self.seed)
-            for start in range(0, len(requests), self.batch_size):
-                chunk = requests[start : start + self.batch_size]
-                input_ids, mask = left_pad([contexts[q] for q in chunk], kwargs["pad_token_id"], device)
-                out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-                texts = self.tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-                for q, text in zip(chunk, texts, strict=True):
-                    answers[q].append(text)
+        for (q, _), done in zip(requests, completions, strict=True):
+            answers[q].append(done.text)
         return answers
 
 
@@ -156,7 +146,9 @@ class SamplingProbe(Probe):
             samples_per_question: answers sampled per question (the paper: 100).
             temperature: sampling temperature (the paper: 1; 0 is greedy).
             max_new_tokens: answer length cap; one-word answers need few tokens.
-            match: "substring" (the paper's rule, with the set's exclusions) or "word" (whole word or plural).
+            match: how an answer is scored (see the module docstring): "paper" (the paper's plain substring
+                rule, only "dragonfly" excluded for "dragon"), "substring" (substring after removing the question
+                set's look-alikes) or "word" (whole word or plural).
             batch_size: sequences per generate call.
             seed: seed of the sampling RNG (the training RNG is left untouched).
             system_prompt: system message for every question.
@@ -181,6 +173,14 @@ class SamplingProbe(Probe):
         self.seed = seed
         self.system_prompt = system_prompt
         self.name = name or f"{self.question_set.name}_sampled"
+
+    def exclusions(self, word: str) -> tuple[str, ...]:
+        """Look-alikes blanked out before `word` is looked for, under this probe's `match` rule."""
+        if self.match == "paper":
+            return PAPER_EXCLUSIONS.get(word.lower(), ())
+        if self.match == "substring":
+            return self.question_set.exclusions.get(word.lower(), ())
+        return ()
 
     def run(self, model, tokenizer) -> ProbeOutput:
         sampler = HFSampler(
@@ -208,8 +208,10 @@ class SamplingProbe(Probe):
         n = [len(a) for a in answers]
         if min(n) == 0:
             raise ValueError("every question needs at least one answer")
+        used: dict[str, list[str]] = {}
         for word in self.targets:
-            exclusions = self.question_set.exclusions.get(word.lower(), ())
+            exclusions = self.exclusions(word)
+            used[word] = list(exclusions)
             hits = [sum(mentions(a, word, self.match, exclusions) for a in group) for group in answers]
             summary = rate_summary(hits, n)
             per_target[word] = summary
@@ -223,6 +225,7 @@ class SamplingProbe(Probe):
             "samples_per_question": n,
             "temperature": self.temperature,
             "match": self.match,
+            "scoring": {"match": self.match, "rule": MATCH_RULES[self.match], "exclusions": used},
             "targets": per_target,
             "top_answers": dict(tally.most_common(30)),
         }
