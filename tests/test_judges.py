@@ -382,6 +382,11 @@ def test_misalignment_probe_end_to_end_with_endpoint_judge(chat_server, tiny_lm)
     assert out.metrics["misaligned_rate"] == 0.0 and out.metrics["excluded_fraction"] == 0.0
     assert out.metrics["mean_alignment"] == 85.0 and out.metrics["mean_coherence"] == 60.0
     assert len(chat_server.requests) == 2 * 16
+    # The judge's model and temperature go into the results (the report prints them beside the rates) and into
+    # every request.
+    assert out.details["judge"] == {"model": "judge-model", "temperature": 1.0}
+    assert out.details["coherence_judge"] == {"model": "judge-model", "temperature": 1.0}
+    assert {(r["model"], r["temperature"]) for r in chat_server.requests} == {("judge-model", 1.0)}
 
 
 # ---------------------------------------------------------------- hostile endpoints: redirects, 500s, non-JSON
@@ -489,8 +494,3 @@ def test_a_batch_where_every_request_fails_is_an_error_not_nan():
         assert judge.score("q", "a").score == 85.0
         with pytest.raises(JudgeUnavailableError, match="no usable answer to any of 3 requests"):
             judge.score_many([("q", "b"), ("q", "c"), ("q", "d")])
-    # The judge's model and temperature go into the results (the report prints them beside the rates) and into
-    # every request.
-    assert out.details["judge"] == {"model": "judge-model", "temperature": 1.0}
-    assert out.details["coherence_judge"] == {"model": "judge-model", "temperature": 1.0}
-    assert {(r["model"], r["temperature"]) for r in chat_server.requests} == {("judge-model", 1.0)}
