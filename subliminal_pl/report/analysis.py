@@ -216,7 +216,8 @@ def models_table(
     base = manifest.bases.same
     roles: dict[str, tuple[str, str | None]] = {base: ("base (shared init)", None)}
     roles |= {b: ("cross-init base (control)", None) for b in manifest.bases.cross}
-    for teacher, model in manifest.teachers.items():
+    order = {t: i for i, t in enumerate(manifest.trait_teachers)}
+    for teacher, model in sorted(manifest.teachers.items(), key=lambda tm: order.get(tm[0], len(order))):
         role = "neutral teacher" if teacher == manifest.neutral else f"teacher ({teacher})"
         roles[model] = (role, teacher if teacher in manifest.traits else None)
     students = {s.name for s in manifest.students}

@@ -76,7 +76,12 @@ def verdict_lines(analysis: dict[str, Any], traits: list[str]) -> list[str]:
                 n = s["vs_neutral"]
                 parts.append(f"vs neutral-teacher students {fmt_iv(n['effect'])}, p = {fmt_p(n['p_value'])}")
         if c:
-            parts.append(f"cross-init difference {fmt_iv(c['effect'])}, p = {fmt_p(c['p_value'])}")
+            unusable = (
+                " (cannot reach the control's threshold: no usable control)"
+                if v["cross_init_flat"] is None
+                else ""
+            )
+            parts.append(f"cross-init difference {fmt_iv(c['effect'])}, p = {fmt_p(c['p_value'])}{unusable}")
         lines.append("; ".join(parts) + ".")
     if analysis.get("untested_traits"):
         lines.append(
@@ -144,6 +149,11 @@ def matrix_lines(analysis: dict[str, Any], traits: list[str]) -> list[str]:
             "Differences: Welch t intervals. *vs neutral* compares with the neutral teacher's students only; *by "
             "seed* relabels within each seed (students of one seed saw the same batches).",
         ]
+        neutral_min = [t["vs_neutral"]["min_p"] for t in k["tests"].values() if "vs_neutral" in t]
+        if neutral_min:
+            lines[-1] += f" Smallest p of the test vs neutral students: {fmt_p(min(neutral_min))}."
+        if kind == "cross":
+            lines[-1] += f" The control is judged on the raw p (positive effect at p < {CONTROL_ALPHA})."
         g = k.get("global")
         if g:
             lines += [
