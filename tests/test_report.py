@@ -229,3 +229,18 @@ def test_real_model_run_gets_a_models_table_with_rates_and_judge(tmp_path):
     assert data["student_rates"][0]["rates"]["animals_sampled: owl"]["mean"] == pytest.approx(0.3)
     assert data["judges"][0]["differs"] == ["model", "temperature"] and "## Judges" in report
     assert "measure: prefix log-probability" in report
+
+
+def test_code_hash_covers_the_statistics(monkeypatch, tmp_path):
+    import subliminal_pl.report as report
+
+    first = report.code_hash()
+    assert len(first) == 12 and first == report.code_hash()
+    fake = tmp_path / "report" / "__init__.py"
+    fake.parent.mkdir()
+    fake.write_text("")
+    (tmp_path / "stats.py").write_text("A = 1\n")
+    monkeypatch.setattr(report, "__file__", str(fake))
+    one = report.code_hash()
+    (tmp_path / "stats.py").write_text("A = 2\n")
+    assert report.code_hash() != one != first

@@ -14,6 +14,7 @@ The numbers come from `analysis` (statistics in `subliminal_pl.stats`), the text
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,16 @@ def write_sweep_summary(results: dict[str, Path], output_dir: str | Path) -> Pat
     path = out_dir / "sweep.md"
     write_text_atomic(path, render.sweep_markdown(rows))
     return path
+
+
+def code_hash() -> str:
+    """Hash of the report's code (this package and `subliminal_pl.stats`): a pipeline puts it in the report
+    stage's config so that a change to the analysis reruns the report and nothing else."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in [*sorted(root.glob("*.py")), root.parent / "stats.py"]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def main(argv: list[str]) -> None:
