@@ -82,7 +82,17 @@ def verdict_lines(analysis: dict[str, Any], traits: list[str]) -> list[str]:
                 else ""
             )
             parts.append(f"cross-init difference {fmt_iv(c['effect'])}, p = {fmt_p(c['p_value'])}{unusable}")
+        d = analysis.get("drift", {}).get(b)
+        if d and d["drift"]:
+            parts.append(f"column drift: students of other teachers {fmt_iv(d['others'])}")
         lines.append("; ".join(parts) + ".")
+    whole = [
+        f"{name} p = {fmt_p(g['p_value'])}"
+        for kind, name in (("same", "same-init"), ("cross", "cross-init"))
+        if (g := kinds.get(kind, {}).get("global"))
+    ]
+    if whole:
+        lines += ["", "Whole-matrix test (diagonal minus off-diagonal): " + ", ".join(whole) + "."]
     if analysis.get("untested_traits"):
         lines.append(
             f"- not among the probe's candidates, so not tested: {', '.join(analysis['untested_traits'])}."
