@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 import yaml
 
 from subliminal_pl.pipeline import Pipeline, PipelineError, Stage, order_stages, shell_line, stage_hashes
-from subliminal_pl.report import blocked_permutation_test, column_permutation_test, specific_dlogp, verdicts
 
 # A stage command that appends its name to a shared run log and writes out.txt in its folder; it fails while
 # the flag file exists (an "interrupted" stage).
@@ -168,55 +166,6 @@ def test_malformed_graphs_are_refused(tmp_path):
         order_stages([script_stage("a", tmp_path), script_stage("b", tmp_path, extra=["{{dir:a}}"])])
     with pytest.raises(PipelineError, match="named 'a'"):
         order_stages([script_stage("a", tmp_path), script_stage("a", tmp_path)])
-
-
-# ---- report statistics ----------------------------------------------------------------------------------------
-def test_specific_dlogp_subtracts_the_mean_shift_of_the_other_words():
-    reference = [[-3.0, -3.0, -3.0], [-2.0, -4.0, -3.0]]
-    shifted = [[-2.0, -3.5, -3.5], [-1.0, -4.5, -3.5]]  # +1 on word 0, -0.5 on the others
-    spec = specific_dlogp(shifted, reference, ["a", "b", "c"])
-    assert spec["a"] == pytest.approx(1.0 - (-0.5))
-    assert spec["b"] == pytest.approx(-0.5 - (1.0 - 0.5) / 2)
-    assert specific_dlogp(reference, reference, ["a", "b", "c"]) == {"a": 0.0, "b": 0.0, "c": 0.0}
-
-
-def test_column_permutation_test_is_exact():
-    diff, p, count = column_permutation_test([3.0, 2.0], [0.0, 1.0, -1.0, 0.5])
-    assert count == math.comb(6, 2)
-    assert diff == pytest.approx(2.5 - 0.125)
-    assert p == pytest.approx(1 / 15)  # the observed split is the most extreme of 15
-    _, p_null, _ = column_permutation_test([0.0, 1.0], [0.0, 1.0, 0.0, 1.0])
-    assert p_null > 0.5
-
-
-def test_blocked_permutation_test_relabels_within_each_seed():
-    # Each seed shifts every student alike (shared batches); within a seed the own student is highest.
-    blocks = [([5.0, 4.0, 4.1], 0), ([-3.0, -4.0, -3.9], 0), ([0.5, -0.6, -0.4], 0)]
-    diff, p, count = blocked_permutation_test(blocks)
-    assert count == 27 and p == pytest.approx(1 / 27)
-    assert diff == pytest.approx(((5 - 4.05) + (-3 + 3.95) + (0.5 + 0.5)) / 3)
-    # Pooled, the seed shifts swamp the same contrast.
-    own = [5.0, -3.0, 0.5]
-    other = [4.0, 4.1, -4.0, -3.9, -0.6, -0.4]
-    assert column_permutation_test(own, other)[1] > 0.2
-    _, p_flip, _ = blocked_permutation_test([(v, 1) for v, _ in blocks])
-    assert p_flip > 0.9
-
-
-def test_verdicts_need_a_small_p_and_a_flat_cross_init_control():
-    def tests(p, diff):
-        return {"owl": {"p_value": p, "difference": diff}}
-
-    analysis = {"kinds": {"same": {"tests": tests(0.001, 0.3)}, "cross": {"tests": tests(0.5, 0.01)}}}
-    assert verdicts(analysis, ["owl"])["owl"]["verdict"] == "transferred"
-    analysis["kinds"]["cross"]["tests"] = tests(0.001, 0.3)
-    assert verdicts(analysis, ["owl"])["owl"]["verdict"].startswith("moved in same-init AND cross-init")
-    analysis["kinds"]["same"]["tests"] = tests(0.2, 0.3)
-    assert verdicts(analysis, ["owl"])["owl"] == {
-        "transferred": False,
-        "cross_init_flat": False,
-        "verdict": "did not transfer",
-    }
 
 
 # ---- the toy experiment, every stage, in process ----------------------------------------------------------------
