@@ -17,7 +17,7 @@ from collections.abc import Sequence
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "prompts": ("subliminal_pl.data.prompts", "write seeded number-sequence prompts to JSONL"),
     "pipeline": (
-        "subliminal_pl.pipeline",
+        "subliminal_pl.experiments.command",
         "run a multi-stage experiment (cached, resumable) and write its report",
     ),
     "theory-check": ("subliminal_pl.theory", "one-step check of the theorem behind subliminal learning"),
