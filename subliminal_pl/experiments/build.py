@@ -54,7 +54,7 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
 
     mlp_results = None
     if exp.mlp_config:
-        stages.append(mlp_stage(exp.mlp_config))
+        stages.append(mlp_stage(exp.mlp_config, hw))
         mlp_results = f"{stage_dir('mlp')}/logs/run/results.json"
 
     manifest = Manifest(

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from subliminal_pl.experiments.recipes import REPO_ROOT, ModelRef, cli_command, module_command
+from subliminal_pl.experiments.recipes import REPO_ROOT, Hardware, ModelRef, cli_command, module_command
 from subliminal_pl.pipeline import PipelineError, Stage
 from subliminal_pl.report.manifest import Manifest
 
@@ -42,7 +42,8 @@ def probe_stage(
     )
 
 
-def mlp_stage(mlp_config: str) -> Stage:
+def mlp_stage(mlp_config: str, hw: Hardware) -> Stage:
+    """The MLP auxiliary-logit experiment's own recipe, run on the experiment's hardware profile."""
     path = Path(mlp_config)
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / path
@@ -51,6 +52,8 @@ def mlp_stage(mlp_config: str) -> Stage:
     command = cli_command(
         "fit", "--config", "{{dir}}/mlp.yaml", "--trainer.logger.init_args.save_dir", "{{dir}}",
         "--trainer.logger.init_args.name", "logs", "--trainer.logger.init_args.version", "run",
+        "--trainer.accelerator", hw.accelerator, "--trainer.devices", str(hw.devices),
+        "--trainer.precision", hw.precision,
     )  # fmt: skip
     return Stage("mlp", [command], files={"mlp.yaml": path.read_text(encoding="utf-8")}, background=True)
 
