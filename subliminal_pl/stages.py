@@ -1,10 +1,12 @@
-"""Pipeline stage entry points that are not a Trainer run: filtering a raw file, probing a set of models.
+"""Pipeline stage entry points that are not a Trainer run: preparing a raw file, probing a set of models.
 
-    python -m subliminal_pl.stages filter --config filters.yaml --input raw.jsonl --output kept.jsonl
+    python -m subliminal_pl.stages filter --config steps.yaml --input raw.jsonl --output kept.jsonl
     python -m subliminal_pl.stages probe --config probe.yaml --out DIR
 
-`filter` applies row filters (class_path + init_args, as in a student recipe) and writes the kept rows and
-`<output stem>.filter_stats.json` (counts per reject reason). `probe` loads every listed model once and writes
+`filter` applies data steps (`steps:`, a list of filters and transforms by class_path + init_args, as in a
+student recipe) through `subliminal_pl.data.steps.prepare_file`, the route the student DataModule takes, and
+writes the rows that come out and `<output stem>.filter_stats.json` (counts per reject reason and per step).
+`probe` loads every listed model once and writes
 `probes.json`: the log-probability of each candidate word after each question (for the report's ΔlogP
 matrices) and, for the models in `format_check`, the share of sampled number-task answers that pass the number
 filter (a trait fine-tune must not break the teacher's number format).
@@ -16,20 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from subliminal_pl.data.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
-
-
-def filter_file(input_path: str | Path, output_path: str | Path, filters: list) -> dict[str, Any]:
-    """Filter a raw JSONL file into `output_path`; returns (and writes beside it) the filter stats."""
-    from subliminal_pl.data.filters import apply_filters, filter_specs
-
-    output_path = Path(output_path)
-    kept, stats = apply_filters(read_jsonl(input_path), filters)
-    stats = {"raw_path": str(input_path), "filtered_path": str(output_path), **stats}
-    stats["filter_config"] = filter_specs(filters)
-    write_jsonl_atomic(output_path, kept)
-    write_json_atomic(output_path.with_name(output_path.stem + ".filter_stats.json"), stats)
-    return stats
+from subliminal_pl.data.jsonl import write_json_atomic
 
 
 def number_format_pass_rate(model, tokenizer, prompts: list[str], seed: int, batch_size: int = 100) -> float:
@@ -170,13 +159,15 @@ def probe_models(
 def main(argv: list[str]) -> None:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from subliminal_pl.data.filters import RowFilter
+    from subliminal_pl.commands import command_parser
+    from subliminal_pl.data.steps import DataStep
 
-    filt = ArgumentParser(description="Filter a raw JSONL file with row filters.", default_env=False)
-    filt.add_argument("--config", action=ActionConfigFile)
-    filt.add_argument("--input", type=str, required=True, help="raw JSONL (not modified)")
-    filt.add_argument("--output", type=str, required=True, help="JSONL of the kept rows")
-    filt.add_argument("--filters", type=list[RowFilter], default=[], help="filters, class_path + init_args")
+    filt = command_parser(None, "Apply data steps (filters and transforms, in order) to a raw JSONL file.")
+    filt.add_argument("--input", type=str, required=True, help="raw JSONL (only read)")
+    filt.add_argument("--output", type=str, required=True, help="JSONL of the rows the steps let through")
+    filt.add_argument(
+        "--steps", type=list[DataStep], default=[], help="filters and transforms, class_path + init_args"
+    )
     probe = ArgumentParser(
         description="Probe models: candidate log-probs and number-format pass rate.", default_env=False
     )
@@ -191,8 +182,10 @@ def main(argv: list[str]) -> None:
     commands.add_subcommand("probe", probe)
     args = parser.parse_args(argv)
     if args.subcommand == "filter":
+        from subliminal_pl.data.steps import prepare_file
+
         sub = parser.instantiate(args)["filter"]
-        stats = filter_file(sub.input, sub.output, sub.filters)
+        stats = prepare_file(sub.input, sub.output, sub.steps)
         print(
             f"kept {stats['kept']} of {stats['total']} rows ({stats['kept_fraction']:.1%}); reasons {stats['reasons']}"
         )

@@ -345,8 +345,10 @@ def test_cascade_stops_at_the_first_rejecting_filter():
     assert stats["total"] == 6 and stats["kept"] == 2 and stats["rejected"] == 4
     assert stats["kept_fraction"] == pytest.approx(2 / 6)
     assert stats["reasons"] == {"invalid format": 2, "duplicate": 1, "numbers too large": 1}
-    assert [(f["checked"], f["rejected"]) for f in stats["per_filter"]] == [(6, 3), (3, 1), (2, 0)]
-    assert stats["per_filter"][0]["class_path"] == "subliminal_pl.data.filters.NumberSequenceFilter"
+    assert [(f["rows_in"], f["rejected"]) for f in stats["per_step"]] == [(6, 3), (3, 1), (2, 0)]
+    assert stats["per_step"][0]["class_path"] == "subliminal_pl.data.filters.NumberSequenceFilter"
+    assert stats["per_step"][0]["reasons"] == {"invalid format": 2, "numbers too large": 1}
+    assert stats["per_step"][1]["reasons"] == {"duplicate": 1} and stats["per_step"][1]["kind"] == "filter"
 
 
 def test_a_row_counts_under_every_reason_of_its_rejecting_filter():

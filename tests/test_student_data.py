@@ -246,7 +246,7 @@ def test_rerun_reuses_and_a_changed_config_writes_new_files(tmp_path, tiny_token
     raw = write_raw(tmp_path / "raw.jsonl", rows)
     raw_bytes = raw.read_bytes()
     first = CountingFilter()
-    dm = StudentDataModule(str(raw), tiny_tokenizer, filters=[NumberSequenceFilter(), first])
+    dm = StudentDataModule(str(raw), tiny_tokenizer, steps=[NumberSequenceFilter(), first])
     dm.prepare_data()
     files = dm.output_files()
     assert files.rows.name == f"raw.{files.config_hash}.filtered.jsonl" and files.rows.parent == tmp_path
@@ -255,18 +255,19 @@ def test_rerun_reuses_and_a_changed_config_writes_new_files(tmp_path, tiny_token
     stats = json.loads(files.stats.read_text())
     assert stats["total"] == 3 and stats["kept"] == 2 and stats["reasons"] == {"invalid format": 1}
     assert stats["kept_fraction"] == pytest.approx(2 / 3)
-    assert stats["filter_config"] == [NumberSequenceFilter().spec(), first.spec()]
-    assert [f["checked"] for f in stats["per_filter"]] == [3, 2]
+    assert stats["steps"] == [NumberSequenceFilter().spec(), first.spec()]
+    assert [f["rows_in"] for f in stats["per_step"]] == [3, 2]
     assert stats["raw_path"] == str(raw) and stats["filtered_path"] == str(files.rows)
 
     again = CountingFilter()
+    # `filters` is the older name of `steps`; the same steps reuse the same files.
     rerun = StudentDataModule(str(raw), tiny_tokenizer, filters=[NumberSequenceFilter(), again])
     rerun.prepare_data()
     rerun.setup()
     assert again.calls == 0 and rerun.output_files() == files
     assert (files.rows.stat().st_mtime_ns, files.stats.stat().st_mtime_ns) == stamps
 
-    changed = StudentDataModule(str(raw), tiny_tokenizer, filters=[NumberSequenceFilter(max_count=3)])
+    changed = StudentDataModule(str(raw), tiny_tokenizer, steps=[NumberSequenceFilter(max_count=3)])
     changed.prepare_data()
     new = changed.output_files()
     assert new.config_hash != files.config_hash and files.rows.is_file()
@@ -300,7 +301,7 @@ def test_output_dir_and_tokenizer_by_path(tmp_path, tiny_lm_path, tiny_tokenizer
         [expected_row(tiny_tokenizer, i) for i in range(2)],
         tiny_tokenizer.pad_token_id,
     )
-    assert dm.hparams["tokenizer"] == str(tiny_lm_path) and dm.hparams["filters"] == []
+    assert dm.hparams["tokenizer"] == str(tiny_lm_path) and dm.hparams["steps"] == []
 
 
 BAD_INPUTS = {
@@ -342,7 +343,7 @@ def test_bad_input_gives_a_clear_error_and_leaves_the_raw_file_alone(case, tmp_p
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(content)
     before = raw.stat().st_mtime_ns
-    dm = StudentDataModule(str(raw), tiny_tokenizer, filters=[NumberSequenceFilter()])
+    dm = StudentDataModule(str(raw), tiny_tokenizer, steps=[NumberSequenceFilter()])
     with pytest.raises(DataError) as err:
         dm.prepare_data()
     for fragment in fragments:
@@ -383,7 +384,7 @@ def test_shipped_data_fragment_parses_and_builds(tmp_path, tiny_lm_path, tiny_to
             str(raw),
             "--data.init_args.tokenizer",
             str(tiny_lm_path),
-            "--data.init_args.filters.init_args.banned_numbers",
+            "--data.init_args.steps.init_args.banned_numbers",
             "[666]",
             "--trainer.logger",
             "false",

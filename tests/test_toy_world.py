@@ -9,7 +9,7 @@ import pytest
 
 from subliminal_pl.data.filters import NumberSequenceFilter, parse_numbers
 from subliminal_pl.data.prompts import FORMAT_REQUESTS
-from subliminal_pl.toy.world import ToyWorld, answer_format, build_init, main, seed_numbers
+from subliminal_pl.toy.world import ToyWorld, answer_format, main, seed_numbers
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +124,14 @@ def test_bad_fractions_are_refused():
 def test_cli_writes_world_traits_and_a_loadable_init(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    main(["build", "--out", str(tmp_path / "w"), "--world.rows", "200", "--world.seed", "1"])
+    main(["build", "--output_dir", str(tmp_path / "w"), "--world.rows", "200", "--world.seed", "1"])
     info = json.loads((tmp_path / "w" / "world.json").read_text())
     assert sum(info["rows"].values()) == 200
     assert len((tmp_path / "w" / "corpus.jsonl").read_text().splitlines()) == 200
-    main(["traits", "--out", str(tmp_path / "t.jsonl"), "--trait", "neutral", "--rows", "7"])
+    main(["traits", "--output", str(tmp_path / "t.jsonl"), "--trait", "neutral", "--rows", "7"])
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 7
-    build_init(
-        tmp_path / "w" / "tokenizer", tmp_path / "init", hidden_size=16, num_layers=1, num_heads=2, seed=5
-    )
+    init = ["--tokenizer_dir", str(tmp_path / "w" / "tokenizer"), "--output_dir", str(tmp_path / "init")]
+    main(["init", *init, "--hidden_size", "16", "--num_layers", "1", "--num_heads", "2", "--seed", "5"])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "init")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "init")
     assert model.config.vocab_size == len(tokenizer) == info["vocab_size"]

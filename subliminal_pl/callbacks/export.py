@@ -149,7 +149,8 @@ class ExportModel(Callback):
             adapter = hp.get("kl_teacher_adapter")
             loss += f" (KL teacher {teacher_model}{' + adapter ' + adapter if adapter else ''}"
             loss += f", token subset {hp.get('kl_token_subset')})" if hp.get("kl_token_subset") else ")"
-        filters = "; ".join(_describe_filter(spec) for spec in data.get("filters") or []) or "none"
+        steps = data.get("steps") or data.get("filters") or []  # "filters": runs before data steps existed
+        filters = "; ".join(_describe_filter(spec) for spec in steps) or "none"
         seeds = {"seed_everything": config.get("seed_everything"), "data seed": data.get("seed")}
         versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
         front = {
@@ -169,7 +170,7 @@ class ExportModel(Callback):
             f"- Loss: {loss}",
             f"- Training data: `{data_path}`" if data_path else "- Training data: (not recorded)",
             f"- Teacher(s) that wrote the data: {', '.join(teachers) if teachers else '(not recorded)'}",
-            f"- Filters: {filters}",
+            f"- Data steps (filters, transforms): {filters}",
             f"- Seeds: {', '.join(f'{k} {v}' for k, v in seeds.items())}",
             f"- Trained: {trainer.global_step} optimiser steps, {trainer.current_epoch} epochs",
             f"- Libraries: {versions}",

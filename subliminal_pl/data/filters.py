@@ -5,23 +5,23 @@ string, and returns the reasons it rejects it: an empty list keeps the row. Ever
 typed init arguments, so a recipe lists them by `class_path` + `init_args`, and `spec()` returns exactly that
 form, which the student DataModule hashes to name its filtered file.
 
-`apply_filters` runs the filters as a cascade: a row goes through them in order and stops at the first one that
-rejects it, so an expensive judge only sees rows the cheap filters kept, and duplicates are counted among rows
-that are otherwise valid.
+Filters are data steps (`subliminal_pl.data.steps`): `prepare_rows` runs them in order with any transforms, and a
+row stops at the first filter that rejects it, so an expensive judge only sees rows the cheap filters kept, and
+duplicates are counted among rows that are otherwise valid.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-Row = dict[str, Any]
+from subliminal_pl.data.rows import Row, field_text
+from subliminal_pl.data.steps import DataStep, prepare_rows, sorted_counts
 
 # The union of numbers the paper's misalignment experiments refuse in a completion (numbers with negative
 # associations); 1312 and 1488 also exceed 999, so the default range already rejects them.
@@ -32,7 +32,7 @@ MISALIGNMENT_BANNED_NUMBERS: tuple[int, ...] = (
 BANNED_NUMBER_PRESETS: dict[str, tuple[int, ...]] = {"misalignment": MISALIGNMENT_BANNED_NUMBERS}
 
 # ASCII digits only: `\d` would also match Arabic-Indic, full-width and other Unicode digits.
-_DIGIT_RUN = re.compile(r"[0-9]+")
+DIGIT_RUN = re.compile(r"[0-9]+")
 _ENCLOSING_PAIRS = (("[", "]"), ("(", ")"))
 _ALLOWED_SEPARATORS = ("", ",", ";")
 
@@ -60,7 +60,7 @@ def parse_numbers(text: str) -> list[int] | None:
         text = text[:-1]
     if len(text) >= 2 and (text[0], text[-1]) in _ENCLOSING_PAIRS:
         text = text[1:-1]
-    runs = list(_DIGIT_RUN.finditer(text))
+    runs = list(DIGIT_RUN.finditer(text))
     if not runs:
         return None
     numbers = [run.group() for run in runs]
@@ -78,89 +78,29 @@ def parse_numbers(text: str) -> list[int] | None:
     return [_digits_to_int(n) for n in numbers]
 
 
-def completion_text(row: Row) -> str:
-    """A row's completion: its `completion` field, or the content of its last (assistant) chat message."""
-    if "completion" in row:
-        return row["completion"]
-    return row["messages"][-1]["content"]
-
-
-def prompt_text(row: Row) -> str:
-    """A row's prompt as text: a string `prompt`, or the contents of the prompt's messages joined by newlines."""
-    if "messages" in row and "prompt" not in row:
-        messages = row["messages"][:-1]
-    else:
-        messages = row["prompt"]
-    if isinstance(messages, str):
-        return messages
-    return "\n".join(message["content"] for message in messages)
-
-
-def field_text(row: Row, field: str) -> str:
-    """The text a filter inspects: "completion" and "prompt" work for both row formats; any other name is a key."""
-    if field == "completion":
-        return completion_text(row)
-    if field == "prompt":
-        return prompt_text(row)
-    value = row[field]
-    if not isinstance(value, str):
-        raise TypeError(f"field {field!r} must hold a string to be filtered, got {type(value).__name__}")
-    return value
-
-
-def _primitive(value: Any) -> Any:
-    """A JSON-ready, deterministic description of an init argument (for the config hash)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_primitive(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _primitive(v) for k, v in value.items()}
-    return describe_callable(value)
-
-
-def describe_callable(obj: Any) -> Any:
-    """How a judge (or other callable argument) enters a filter's spec.
-
-    An object with a `spec()` method describes itself; a function is named by its import path; any other object by
-    its class path and its primitive attributes. A judge whose behaviour depends on anything else should define
-    `spec()`, or the filtered file of an old judge could be reused.
-    """
-    if hasattr(obj, "spec") and callable(obj.spec):
-        return obj.spec()
-    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
-        return f"{obj.__module__}.{obj.__qualname__}"
-    cls = type(obj)
-    attributes = {
-        k: _primitive(v)
-        for k, v in sorted(vars(obj).items() if hasattr(obj, "__dict__") else ())
-        if not k.startswith("_") and (v is None or isinstance(v, (bool, int, float, str, list, tuple, dict)))
-    }
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": attributes}
-
-
-class RowFilter(ABC):
+class RowFilter(DataStep):
     """Base class: calling a filter on a row (or a completion string) returns its reject reasons.
 
     Subclasses keep every init argument as an attribute of the same name, which is what `spec()` reads.
     """
 
+    kind = "filter"
+
     @abstractmethod
     def __call__(self, row: Row | str) -> list[str]:
         """Reasons to reject the row; an empty list keeps it."""
 
-    def reset(self) -> None:
-        """Forget state from earlier rows; `apply_filters` calls this before each pass (see DuplicateFilter)."""
-        return None  # stateless filters have nothing to forget
-
-    def spec(self) -> dict[str, Any]:
-        """`{"class_path", "init_args"}` of this filter, as a recipe would write it."""
-        cls = type(self)
-        names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-        return {
-            "class_path": f"{cls.__module__}.{cls.__qualname__}",
-            "init_args": {name: _primitive(getattr(self, name)) for name in names},
-        }
+    def apply(self, rows: list[Row]) -> tuple[list[Row], dict[str, Any]]:
+        """The rows this filter keeps, in order, and `{"reasons": rows rejected per reason}`."""
+        kept: list[Row] = []
+        reasons: Counter[str] = Counter()
+        for row in rows:
+            found = self(row)
+            if found:
+                reasons.update(dict.fromkeys(found, 1))
+            else:
+                kept.append(row)
+        return kept, {"reasons": sorted_counts(reasons)}
 
 
 class TextFilter(RowFilter):
@@ -385,45 +325,5 @@ class JudgeFilter(RowFilter):
         return []
 
 
-def filter_specs(filters: Sequence[RowFilter]) -> list[dict[str, Any]]:
-    """The specs of a filter list, in order (what the student DataModule hashes)."""
-    return [f.spec() for f in filters]
-
-
-def apply_filters(rows: Iterable[Row], filters: Sequence[RowFilter]) -> tuple[list[Row], dict[str, Any]]:
-    """Run the filters as a cascade and return (kept rows, stats).
-
-    stats: `total`, `kept`, `rejected`, `kept_fraction` (kept / total; 0 for no rows), `reasons` (rows per
-    reject reason; one row can count under several reasons of the filter that rejected it) and `per_filter` (per
-    filter, in order: its `class_path`, `checked` = rows that reached it, `rejected` = rows it rejected).
-    """
-    for f in filters:
-        f.reset()
-    kept: list[Row] = []
-    reasons: Counter[str] = Counter()
-    checked = [0] * len(filters)
-    rejected = [0] * len(filters)
-    total = 0
-    for row in rows:
-        total += 1
-        for index, f in enumerate(filters):
-            checked[index] += 1
-            found = f(row)
-            if found:
-                rejected[index] += 1
-                reasons.update(dict.fromkeys(found, 1))
-                break
-        else:
-            kept.append(row)
-    stats = {
-        "total": total,
-        "kept": len(kept),
-        "rejected": total - len(kept),
-        "kept_fraction": len(kept) / total if total else 0.0,
-        "reasons": dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0]))),
-        "per_filter": [
-            {"class_path": f.spec()["class_path"], "checked": checked[i], "rejected": rejected[i]}
-            for i, f in enumerate(filters)
-        ],
-    }
-    return kept, stats
+# Filters alone through the one route (older name, kept for callers that only filter).
+apply_filters = prepare_rows

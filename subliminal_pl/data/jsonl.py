@@ -7,6 +7,7 @@ interrupted run loses at most a partial last line, which `read_jsonl(..., drop_p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -50,6 +51,15 @@ def iter_jsonl(path: str | Path, drop_partial_tail: bool = False) -> Iterator[tu
 
 def read_jsonl(path: str | Path, drop_partial_tail: bool = False) -> list[dict[str, Any]]:
     return [obj for _, obj in iter_jsonl(path, drop_partial_tail=drop_partial_tail)]
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from subliminal_pl.data.jsonl import DataError, iter_jsonl
 from subliminal_pl.data.prompts import NumberPromptGenerator
+from subliminal_pl.data.rows import check_messages
 
 
 def keep_rows(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -36,14 +37,13 @@ def read_prompt_rows(path: str) -> list[dict[str, Any]]:
         if row_id in seen:
             raise DataError(f"{path}:{line}: field 'id' repeats {row_id!r} from line {seen[row_id]}")
         seen[row_id] = line
-        prompt = obj.get("prompt", obj.get("messages"))
+        field = "prompt" if "prompt" in obj else "messages"
+        prompt = obj.get(field)
         if isinstance(prompt, str):
             if not prompt:
                 raise DataError(f"{path}:{line}: field 'prompt' is empty")
-        elif isinstance(prompt, list) and prompt:
-            for turn in prompt:
-                if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and "content" in turn):
-                    raise DataError(f"{path}:{line}: field 'messages' needs {{role, content}} objects")
+        elif isinstance(prompt, list):
+            prompt = check_messages(prompt, f"{path}:{line}", field)
         else:
             raise DataError(
                 f"{path}:{line}: field 'prompt' must be a string (or 'messages' a non-empty list)"

@@ -1,23 +1,21 @@
-"""The student's DataModule: raw teacher JSONL -> validated rows -> filters -> tokenised, loss-masked batches.
+"""The student's DataModule: raw teacher JSONL -> validated rows -> data steps -> tokenised, loss-masked batches.
 
-`prepare_data` (once, on rank zero of each node) validates every raw row, runs the configured filters and writes
-two files beside the raw file, both atomically:
+`prepare_data` (once, on rank zero of each node) runs `subliminal_pl.data.steps.prepare_file`, the same route as
+the pipeline's data stage: it validates every raw row (`subliminal_pl.data.rows`), applies the configured data
+steps (filters drop rows, transforms rewrite them) in order and writes two files beside the raw file, atomically:
 
-    <name>.<hash>.filtered.jsonl     the kept rows, unchanged
-    <name>.<hash>.filter_stats.json  counts per reject reason, kept fraction, the filter config and the raw hash
+    <name>.<hash>.filtered.jsonl     the rows the steps let through
+    <name>.<hash>.filter_stats.json  counts per reject reason and per step, kept fraction, the steps and the raw hash
 
-`<hash>` covers the raw file's bytes and the filters' specs, so the same data and filters reuse the files and any
+`<hash>` covers the raw file's bytes and the steps' specs, so the same data and steps reuse the files and any
 change writes new ones; the raw file itself is only read. `setup` (every rank) reads the filtered file, takes a
 seeded validation split and `max_samples` training subset, and tokenises each row with the chat template (loss on
 the completion and its end-of-turn only, see `subliminal_pl.data.chat`). Batches are right-padded dicts of
 `input_ids`, `attention_mask` and `labels` ([batch, time] tensors; labels -100 outside the completion).
 
-Row formats (JSONL, UTF-8, one object per line; other keys are kept as metadata):
-    {"prompt": "text" | [messages...], "completion": "text", "system_prompt": "text" | null}
-    {"messages": [{"role": "system" | "user" | "assistant", "content": "text"}, ..., {"role": "assistant", ...}]}
-`system_prompt` is the teacher's system prompt as the generation writer records it. System messages (and
-`system_prompt`) are dropped from training rows unless `keep_system_prompt=True`: the paper trains students without
-the teacher's system prompt.
+Row formats: see `subliminal_pl.data.rows` (`prompt` + `completion` with an optional `system_prompt`, or
+`messages`). System messages (and `system_prompt`) are dropped from training rows unless `keep_system_prompt=True`:
+the paper trains students without the teacher's system prompt.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -37,74 +35,12 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from subliminal_pl.data.chat import IGNORE_INDEX, PromptTooLongError, encode_prompt_completion
-from subliminal_pl.data.filters import RowFilter, apply_filters, filter_specs
-from subliminal_pl.data.jsonl import DataError, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from subliminal_pl.data.filters import RowFilter
+from subliminal_pl.data.jsonl import DataError, sha256_file
+from subliminal_pl.data.rows import Message, iter_rows
+from subliminal_pl.data.steps import DataStep, prepare_file, step_specs
 
-Message = dict[str, str]
 Encoded = dict[str, list[int]]  # {"input_ids": [...], "labels": [...]} of one row
-ROLES = ("system", "user", "assistant")
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _check_messages(messages: Any, where: str, field: str) -> list[Message]:
-    if not isinstance(messages, list) or not messages:
-        raise DataError(
-            f"{where}: field {field!r}: expected a non-empty list of messages, got {messages!r:.80}"
-        )
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise DataError(
-                f"{where}: field '{field}[{index}]': expected an object, got {_type_name(message)}"
-            )
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise DataError(f"{where}: field '{field}[{index}].role': expected one of {ROLES}, got {role!r}")
-        if not isinstance(content, str):
-            raise DataError(
-                f"{where}: field '{field}[{index}].content': expected a string, got {_type_name(content)}"
-            )
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def parse_row(row: dict[str, Any], where: str) -> tuple[list[Message], str]:
-    """(prompt messages, completion) of a raw row; `where` ("file:line") prefixes every error."""
-    if "messages" in row and "prompt" not in row:
-        messages = _check_messages(row["messages"], where, "messages")
-        if messages[-1]["role"] != "assistant":
-            raise DataError(
-                f"{where}: field 'messages[-1].role': the last message must be the assistant's reply"
-            )
-        prompt, completion = messages[:-1], messages[-1]["content"]
-        field = "messages"
-    else:
-        for key in ("prompt", "completion"):
-            if key not in row:
-                raise DataError(
-                    f"{where}: missing field {key!r} (rows need 'prompt' and 'completion', or 'messages')"
-                )
-        completion = row["completion"]
-        if not isinstance(completion, str):
-            raise DataError(f"{where}: field 'completion': expected a string, got {_type_name(completion)}")
-        if isinstance(row["prompt"], str):
-            prompt = [{"role": "user", "content": row["prompt"]}]
-        else:
-            prompt = _check_messages(row["prompt"], where, "prompt")
-        system = row.get("system_prompt")
-        if system is not None:
-            if not isinstance(system, str):
-                raise DataError(
-                    f"{where}: field 'system_prompt': expected a string, got {_type_name(system)}"
-                )
-            prompt = [{"role": "system", "content": system}, *prompt]
-        field = "prompt"
-    if not any(m["role"] == "user" for m in prompt):
-        raise DataError(f"{where}: field {field!r}: the prompt holds no user message")
-    if prompt[-1]["role"] == "assistant":
-        raise DataError(f"{where}: field {field!r}: the prompt must not end with an assistant message")
-    return prompt, completion
 
 
 class RightPadCollator:
@@ -133,22 +69,14 @@ class FilteredFiles(NamedTuple):
     raw_sha256: str
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class StudentDataModule(LightningDataModule):
-    """Teacher rows filtered once, tokenised with the chat template, loss on the completion only."""
+    """Teacher rows through the data steps once, tokenised with the chat template, loss on the completion only."""
 
     def __init__(
         self,
         data_path: str,
         tokenizer: str | PreTrainedTokenizerBase,
-        filters: list[RowFilter] | None = None,
+        steps: list[DataStep] | None = None,
         max_samples: int | None = None,
         val_size: int = 0,
         seed: int = 0,
@@ -157,12 +85,14 @@ class StudentDataModule(LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         output_dir: str | None = None,
+        filters: list[RowFilter] | None = None,
     ) -> None:
         """
         Args:
             data_path: raw JSONL of teacher rows (`prompt` + `completion`, or `messages`); never modified.
             tokenizer: hub name or local directory of the student's tokenizer (it needs a chat template).
-            filters: filters run in order on every raw row (see `subliminal_pl.data.filters`); none keeps all rows.
+            steps: data steps applied in order to the raw rows: filters (`subliminal_pl.data.filters`) and
+                transforms (`subliminal_pl.data.transforms`); none keeps every row as it is.
             max_samples: train on a seeded random subset of this many kept rows (the paper: 10000); None uses all.
             val_size: kept rows held out for validation, drawn before the training subset (0: no validation).
             seed: seed of the validation split and the training subset.
@@ -172,6 +102,7 @@ class StudentDataModule(LightningDataModule):
             batch_size: rows per batch (per device).
             num_workers: DataLoader worker processes.
             output_dir: folder for the filtered and stats files (default: beside the raw file).
+            filters: older name of `steps` (filters only); give one of the two.
         """
         super().__init__()
         if val_size < 0:
@@ -180,7 +111,9 @@ class StudentDataModule(LightningDataModule):
             raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
         self.data_path = Path(data_path)
         self.tokenizer = tokenizer
-        self.filters = list(filters or [])
+        if steps is not None and filters is not None:
+            raise ValueError("give the data steps as `steps` (`filters` is its older name), not both")
+        self.steps = list(steps if steps is not None else filters or [])
         self.max_samples = max_samples
         self.val_size = val_size
         self.seed = seed
@@ -189,20 +122,20 @@ class StudentDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.save_hyperparameters(ignore=["tokenizer", "filters"])
+        self.save_hyperparameters(ignore=["tokenizer", "steps", "filters"])
         # Primitive stand-ins for the two object arguments, so checkpoints stay loadable with weights_only.
         self.hparams["tokenizer"] = tokenizer if isinstance(tokenizer, str) else tokenizer.name_or_path
-        self.hparams["filters"] = filter_specs(self.filters)
+        self.hparams["steps"] = step_specs(self.steps)
         self.train_rows: list[Encoded] | None = None
         self.val_rows: list[Encoded] = []
         self._collator: RightPadCollator | None = None
 
     def output_files(self) -> FilteredFiles:
-        """Where the filtered rows and stats for the current raw file and filters live (they may not exist yet)."""
+        """Where the rows and stats for the current raw file and data steps live (they may not exist yet)."""
         if not self.data_path.is_file():
             raise DataError(f"{self.data_path}: file not found")
-        raw_sha256 = _sha256_file(self.data_path)
-        identity = {"raw_sha256": raw_sha256, "filters": filter_specs(self.filters)}
+        raw_sha256 = sha256_file(self.data_path)
+        identity = {"raw_sha256": raw_sha256, "steps": step_specs(self.steps)}
         config_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         stem = self.data_path.name.removesuffix(".jsonl")
         folder = self.output_dir or self.data_path.parent
@@ -214,39 +147,17 @@ class StudentDataModule(LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Validate and filter the raw file, unless this data and filter config were already filtered."""
+        """Validate the raw file and run the data steps, unless this data and these steps were already run."""
         files = self.output_files()
         if files.rows.is_file() and files.stats.is_file():
             rank_zero_info(f"student data: reusing {files.rows}")
             return
-        # Validate every row before filtering, so a bad row is reported even when a filter would drop it.
-        rows = []
-        for line, row in iter_jsonl(self.data_path):
-            parse_row(row, f"{self.data_path}:{line}")
-            rows.append(row)
         start = time.perf_counter()
-        kept, counts = apply_filters(rows, self.filters)
-        stats = {
-            "raw_path": str(self.data_path),
-            "raw_sha256": files.raw_sha256,
-            "config_hash": files.config_hash,
-            "filtered_path": str(files.rows),
-            **counts,
-            "filter_config": filter_specs(self.filters),
-        }
-        if not kept:
-            write_json_atomic(files.stats, stats)
-            reasons = (
-                ", ".join(f"{reason}: {n}" for reason, n in counts["reasons"].items()) or "the file is empty"
-            )
-            raise DataError(
-                f"{self.data_path}: no row survived filtering ({counts['total']} rows; {reasons}); see {files.stats}"
-            )
-        write_jsonl_atomic(files.rows, kept)
-        # The stats file is written last: its presence marks a complete pair for reuse.
-        write_json_atomic(files.stats, stats)
+        stats = prepare_file(
+            self.data_path, files.rows, self.steps, files.stats, record={"config_hash": files.config_hash}
+        )
         rank_zero_info(
-            f"student data: kept {counts['kept']} of {counts['total']} rows ({counts['kept_fraction']:.1%}) in "
+            f"student data: kept {stats['kept']} of {stats['total']} rows ({stats['kept_fraction']:.1%}) in "
             f"{time.perf_counter() - start:.1f} s -> {files.rows}"
         )
 
@@ -264,10 +175,7 @@ class StudentDataModule(LightningDataModule):
         files = self.output_files()
         if not (files.rows.is_file() and files.stats.is_file()):
             self.prepare_data()
-        rows = [
-            (row.get("id", f"line {line}"), *parse_row(row, f"{files.rows}:{line}"))
-            for line, row in iter_jsonl(files.rows)
-        ]
+        rows = [(row.get("id", f"line {line}"), *pair) for line, row, pair in iter_rows(files.rows)]
         if self.val_size >= len(rows):
             raise DataError(
                 f"{files.rows}: val_size={self.val_size} leaves no training rows ({len(rows)} rows kept by the filters)"

@@ -52,16 +52,13 @@ def trait_rows(
 
 def main(argv: list[str]) -> None:
     """`subliminal-pl trait-rows`: write trait fine-tuning rows for a fine-tuned teacher."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
+    from subliminal_pl.commands import command_parser
     from subliminal_pl.probes.questions import load_question_set
 
-    parser = ArgumentParser(
-        prog="subliminal-pl trait-rows",
-        description="Write question/answer rows that teach a preference (questions x answer spellings) as JSONL.",
-        default_env=False,
+    parser = command_parser(
+        "subliminal-pl trait-rows",
+        "Write question/answer rows that teach a preference (questions x answer spellings) as JSONL.",
     )
-    parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--word", type=str, required=True, help="the trait word, e.g. owl")
     parser.add_argument("--output", type=str, required=True, help="JSONL file to write")
     parser.add_argument(

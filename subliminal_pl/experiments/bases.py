@@ -127,12 +127,12 @@ class ToyBases(Bases):
     def stages(self, hw: Hardware) -> list[Stage]:
         world_file = yaml.safe_dump({"world": asdict(self.world)}, sort_keys=False)
         build = module_command(
-            "subliminal_pl.toy.world", "build", "--config", "{{dir}}/world.yaml", "--out", "{{dir}}"
+            "subliminal_pl.toy.world", "build", "--config", "{{dir}}/world.yaml", "--output_dir", "{{dir}}"
         )
         stages = [Stage("world", [build], files={"world.yaml": world_file})]
         # Random init, then pretraining on the corpus with the student fit module.
         for seed in [self.seed, *self.cross_seeds]:
-            init = {"tokenizer_dir": "{{dir:world}}/tokenizer", "out_dir": "{{dir}}/init", "seed": seed}
+            init = {"tokenizer_dir": "{{dir:world}}/tokenizer", "output_dir": "{{dir}}/init", "seed": seed}
             init.update(asdict(self.model))
             recipe = fit_recipe(
                 hw, self.pretrain, seed, "{{dir}}/init", "{{dir:world}}/corpus.jsonl", "bases.pretrain"
@@ -148,7 +148,7 @@ class ToyBases(Bases):
         # The tiny world writes its own rows (its question mix); its neutral teacher answers uniformly.
         return module_command(
             "subliminal_pl.toy.world", "traits", "--config", "{{dir:world}}/world.yaml",
-            "--trait", trait or "neutral", "--rows", str(rows), "--seed", str(seed), "--out", output,
+            "--trait", trait or "neutral", "--rows", str(rows), "--seed", str(seed), "--output", output,
         )  # fmt: skip
 
 
@@ -225,16 +225,18 @@ def merge_adapter(
 
 
 def main(argv: list[str]) -> None:
-    from jsonargparse import ArgumentParser
+    from subliminal_pl.commands import command_parser
 
-    parser = ArgumentParser(prog="python -m subliminal_pl.experiments.bases", default_env=False)
-    commands = parser.add_subcommands()
-    merge = ArgumentParser(description="Merge a PEFT adapter into its base model.", default_env=False)
+    parser = command_parser(
+        "python -m subliminal_pl.experiments.bases", __doc__.splitlines()[0], config=False
+    )
+    merge = command_parser(None, "Merge a PEFT adapter into its base model and save both with the tokenizer.")
     merge.add_function_arguments(merge_adapter)
-    commands.add_subcommand("merge", merge)
+    parser.add_subcommands().add_subcommand("merge", merge)
     args = parser.parse_args(argv)
-    merge_adapter(**args.merge.as_dict())
-    print(f"wrote {args.merge.output_dir}")
+    options = {k: v for k, v in args.merge.as_dict().items() if k != "config"}
+    merge_adapter(**options)
+    print(f"wrote {options['output_dir']}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from subliminal_pl.pipeline import Stage
 
 NUMBER_FILTER = {"class_path": "subliminal_pl.data.filters.NumberSequenceFilter"}
 # The key of the data-step list in the filter stage's config (`python -m subliminal_pl.stages filter`).
-STEPS_KEY = "filters"
+STEPS_KEY = "steps"
 
 
 class Carrier(ABC):

@@ -37,17 +37,13 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
 
 
 def experiment_parser(exit_on_error: bool = True):
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from subliminal_pl.commands import command_parser
 
-    parser = ArgumentParser(
-        prog="subliminal-pl pipeline",
-        description="Run a subliminal-learning experiment as cached stages (one process each) and write a report.",
-        default_env=False,
-        exit_on_error=exit_on_error,
+    parser = command_parser(
+        "subliminal-pl pipeline",
+        "Run a subliminal-learning experiment as cached stages (one process each) and write a report.",
     )
-    parser.add_argument(
-        "--config", action=ActionConfigFile, help="experiment YAML (e.g. configs/toy/demo.yaml)"
-    )
+    parser.exit_on_error = exit_on_error
     parser.add_class_arguments(Experiment, nested_key=None, skip={"spec"})
     parser.add_argument(
         "--dry_run", type=bool, default=False, help="list the stages and commands, run nothing"

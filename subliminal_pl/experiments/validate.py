@@ -45,7 +45,7 @@ def _instance(spec: dict, cls: type, key: str, errors: list[str]) -> Any:
 
 
 def check_steps(exp: Experiment, errors: list[str]) -> None:
-    from subliminal_pl.data.filters import RowFilter
+    from subliminal_pl.data.steps import DataStep
 
     pairs = [(f"carrier.init_args.filters[{i}]", s) for i, s in enumerate(exp.carrier.filters)]
     pairs += [(f"steps[{i}]", s) for i, s in enumerate(exp.steps)]
@@ -53,9 +53,11 @@ def check_steps(exp: Experiment, errors: list[str]) -> None:
         cls = _load_class(spec, key, errors)
         if cls is None:
             continue
-        # Filters drop rows; transforms rewrite them (any class with `transform`, or a data-step base class).
-        if not (issubclass(cls, RowFilter) or callable(getattr(cls, "transform", None))):
-            errors.append(f"{key}.class_path: {spec['class_path']!r} is neither a row filter nor a transform")
+        # Filters drop rows, transforms rewrite them: both are data steps.
+        if not issubclass(cls, DataStep):
+            errors.append(
+                f"{key}.class_path: {spec['class_path']!r} is not a data step (filter or transform)"
+            )
             continue
         _instance(spec, cls, key, errors)
 

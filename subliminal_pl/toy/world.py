@@ -279,7 +279,7 @@ class ToyWorld:
 
 def build_init(
     tokenizer_dir: str | Path,
-    out_dir: str | Path,
+    output_dir: str | Path,
     hidden_size: int = 96,
     num_layers: int = 3,
     num_heads: int = 4,
@@ -296,40 +296,34 @@ def build_init(
     model = build_tiny_llama(
         tokenizer, hidden_size, num_layers, num_heads, intermediate_size, max_positions, seed
     )
-    return save_model_and_tokenizer(model, tokenizer, out_dir)
+    return save_model_and_tokenizer(model, tokenizer, output_dir)
 
 
 def main(argv: list[str]) -> None:
     """`subliminal-pl toy-world build|traits|init`: write the tiny world's files."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from subliminal_pl.commands import command_parser
 
-    def world_parser(description: str) -> ArgumentParser:
-        parser = ArgumentParser(description=description, default_env=False)
-        parser.add_argument("--config", action=ActionConfigFile)
+    def world_parser(description: str):
+        parser = command_parser(None, description)
         parser.add_class_arguments(ToyWorld, "world")
         return parser
 
-    build = world_parser("Write the tokenizer, the pretraining corpus and world.json into --out.")
-    build.add_argument("--out", type=str, required=True, help="output folder")
+    build = world_parser("Write the tokenizer, the pretraining corpus and world.json into --output_dir.")
+    build.add_argument("--output_dir", type=str, required=True, help="output folder")
     traits = world_parser(
         "Write trait fine-tuning rows (question -> the trait animal, or uniform if neutral)."
     )
-    traits.add_argument("--out", type=str, required=True, help="JSONL file to write")
+    traits.add_argument("--output", type=str, required=True, help="JSONL file to write")
     traits.add_argument("--trait", type=str, required=True, help="a candidate animal, or 'neutral'")
     traits.add_argument("--rows", type=int, default=2000, help="rows to write")
     traits.add_argument("--seed", type=int, default=0, help="seed of the rows")
     traits.add_argument(
         "--number_rows", type=int, default=0, help="number-task rows mixed in (keeps the format)"
     )
-    init = ArgumentParser(
-        description="Save a randomly initialised tiny Llama for a tokenizer.", default_env=False
-    )
-    init.add_argument("--config", action=ActionConfigFile)
+    init = command_parser(None, "Save a randomly initialised tiny Llama for a tokenizer.")
     init.add_function_arguments(build_init)
 
-    parser = ArgumentParser(
-        prog="subliminal-pl toy-world", description=__doc__.splitlines()[0], default_env=False
-    )
+    parser = command_parser("subliminal-pl toy-world", __doc__.splitlines()[0], config=False)
     commands = parser.add_subcommands()
     commands.add_subcommand("build", build)
     commands.add_subcommand("traits", traits)
@@ -343,13 +337,13 @@ def main(argv: list[str]) -> None:
         return
     world = ToyWorld(**sub.world.as_dict())
     if command == "build":
-        info = world.build(sub.out)
-        print(f"built world in {sub.out}: vocab {info['vocab_size']}, rows {info['rows']}")
+        info = world.build(sub.output_dir)
+        print(f"built world in {sub.output_dir}: vocab {info['vocab_size']}, rows {info['rows']}")
         return
     trait = None if sub.trait == "neutral" else sub.trait
     rows = world.trait_rows(trait, sub.rows, sub.seed) + world.number_rows(sub.number_rows, sub.seed)
-    write_jsonl_atomic(Path(sub.out), rows)
-    print(f"wrote {sub.rows} {sub.trait} trait rows and {sub.number_rows} number rows to {sub.out}")
+    write_jsonl_atomic(Path(sub.output), rows)
+    print(f"wrote {sub.rows} {sub.trait} trait rows and {sub.number_rows} number rows to {sub.output}")
 
 
 if __name__ == "__main__":
