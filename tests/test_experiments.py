@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from subliminal_pl.experiments.build import build_stages
@@ -268,3 +269,62 @@ def test_every_variant_is_checked_before_the_first_runs(tmp_path):
     with pytest.raises(PipelineError):
         run_experiment(exp, echo=lambda _: None)
     assert not (tmp_path / "o").exists()
+
+
+PIPELINE_SPECS = sorted(
+    p for p in CONFIGS.rglob("*.yaml") if p.read_text().startswith("# subliminal-pl pipeline ")
+)
+
+
+@pytest.mark.parametrize("path", PIPELINE_SPECS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_spec_prints_its_config(path, capsys):
+    from subliminal_pl.cli import main
+
+    # The first line is the command the spec is run with (a sweep or a twin adds its --config to another spec).
+    args = path.read_text().splitlines()[0].split()[3:]
+    args = [str(CONFIGS.parent / a) if a.startswith("configs/") else a for a in args]
+    with pytest.raises(SystemExit) as stop:
+        main(["pipeline", *args, "--print_config"])
+    assert stop.value.code in (0, None)
+    assert "class_path: subliminal_pl.experiments.bases." in capsys.readouterr().out
+
+
+def test_command_line_overrides_reach_the_roles():
+    exp, _ = parse_experiment(
+        [
+            "--config",
+            DEMO,
+            "--students.seeds",
+            "[5, 6]",
+            "--teachers.init_args.fit.steps",
+            "7",
+            "--traits",
+            "[cat]",
+        ]
+    )
+    assert exp.students.seeds == [5, 6] and exp.teachers.fit.steps == 7 and exp.traits == ["cat"]
+    assert exp.teachers.fit.lora_rank == 16  # the rest of the demo's teacher fit stays
+
+
+def test_a_pretrained_base_with_an_adapter_is_merged_by_its_own_stage(tmp_path, tiny_lm_path):
+    from peft import LoraConfig, get_peft_model
+
+    from subliminal_pl.experiments.bases import PretrainedBases
+    from subliminal_pl.experiments.recipes import Hardware
+    from subliminal_pl.models.loading import load_causal_lm
+    from subliminal_pl.pipeline import Pipeline
+
+    model = load_causal_lm(tiny_lm_path)
+    peft = get_peft_model(
+        model, LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"], init_lora_weights=False)
+    )
+    peft.save_pretrained(tmp_path / "adapter")
+    bases = PretrainedBases(str(tiny_lm_path), adapter_path=str(tmp_path / "adapter"), name="tuned")
+    assert bases.shared.stage == "tuned" and bases.shared.path == "{{dir:tuned}}/model"
+    pipeline = Pipeline(bases.stages(Hardware()), tmp_path / "out", in_process=True, echo=lambda _: None)
+    pipeline.run()
+    merged = load_causal_lm(pipeline.stage_dir("tuned") / "model")
+    expected = load_causal_lm(tiny_lm_path, adapter_path=tmp_path / "adapter")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.allclose(merged(ids).logits, expected(ids).logits, atol=1e-5)
+    assert not torch.allclose(merged(ids).logits, load_causal_lm(tiny_lm_path)(ids).logits, atol=1e-3)
