@@ -146,44 +146,25 @@ class NumbersCarrier(Carrier):
 
     def __init__(
         self,
-        source: Literal["base", "teacher"] = "teacher",
-        prompts: int = 4000,
-        prompt_seed: int = 1,
         answer_count: int | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        greedy: bool = False,
-        max_new_tokens: int = 40,
-        batch_size: int = 128,
-        seed: int = 0,
         filters: list[dict[str, Any]] | None = None,
         token_subset: Literal["numbers"] | None = "numbers",
         format_prompts: int = 200,
         format_prompt_seed: int = 2,
+        **sampling: Any,
     ) -> None:
         """
         Args:
-            source: `base` or `teacher` (see `Carrier`).
-            prompts: prompts generated.
-            prompt_seed: seed of the prompts.
             answer_count: most numbers a prompt asks for (null: the bases' own, else the generator's default).
-            temperature: teacher sampling temperature (the paper: 1).
-            top_p: nucleus mass (1: off).
-            top_k: top-k (0: off).
-            greedy: greedy decoding instead of sampling.
-            max_new_tokens: most tokens per completion (the paper, open models: 2048).
-            batch_size: prompts per generation batch.
-            seed: sampling seed.
             filters: number filters (default: the paper's NumberSequenceFilter).
             token_subset: KL restricted to the tokens of valid number answers (numbers) or not (null).
             format_prompts: number prompts sampled per model by the probe stage's format check (0: no check).
             format_prompt_seed: seed of those prompts.
+            sampling: the `Carrier` settings (source, prompts, prompt_seed, temperature, top_p, top_k, greedy,
+                max_new_tokens, batch_size, seed).
         """
-        super().__init__(
-            source, prompts, prompt_seed, temperature, top_p, top_k, greedy, max_new_tokens, batch_size, seed,
-            [dict(NUMBER_FILTER)] if filters is None else filters, token_subset,
-        )  # fmt: skip
+        number_filters = [dict(NUMBER_FILTER)] if filters is None else filters
+        super().__init__(filters=number_filters, token_subset=token_subset, **sampling)
         self.answer_count = answer_count
         self.format_prompts = format_prompts
         self.format_prompt_seed = format_prompt_seed

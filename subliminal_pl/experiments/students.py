@@ -7,18 +7,14 @@ control: another init of the tiny world, or another pretrained model).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from subliminal_pl.experiments.recipes import (
-    FitRecipe,
-    Hardware,
-    ModelRef,
-    exported_model,
-    fit_recipe,
-    yaml_stage,
-)
-from subliminal_pl.pipeline import Stage
+from subliminal_pl.experiments.recipes import FitRecipe, exported_model, fit_recipe, yaml_stage
 from subliminal_pl.report.manifest import StudentEntry
+
+if TYPE_CHECKING:
+    from subliminal_pl.experiments.recipes import Hardware, ModelRef
+    from subliminal_pl.pipeline import Stage
 
 
 @dataclass
