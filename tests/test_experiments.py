@@ -209,6 +209,11 @@ def test_overlapping_seeds_are_refused(tmp_path):
     refused(tmp_path, "bases: {init_args: {cross_seeds: [0]}}\n", "bases.init_args: seed and cross_seeds")
 
 
+def test_a_micro_batch_needs_a_known_device_count(tmp_path):
+    text = "hardware: {accelerator: gpu, devices: -1, micro_batch_size: 4}\n"
+    refused(tmp_path, text, "hardware.micro_batch_size: needs hardware.devices as a number")
+
+
 def test_an_unknown_role_class_is_refused_naming_the_key(tmp_path, capsys):
     over = spec_file(tmp_path, "teachers: {class_path: subliminal_pl.experiments.teachers.NoSuchTeachers}\n")
     with pytest.raises(SystemExit):

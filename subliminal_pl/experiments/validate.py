@@ -119,6 +119,12 @@ def check_roles(exp: Experiment, errors: list[str]) -> None:
             errors.append(f"{key}: seeds overlap: {seeds}")
     if not st.seeds:
         errors.append("students.seeds: at least one seed is needed")
+    hw = exp.hardware
+    if hw.micro_batch_size is not None and hw.device_count() is None:
+        errors.append(
+            f"hardware.micro_batch_size: needs hardware.devices as a number of devices (got {hw.devices!r}), "
+            "so that each fit's batch_size can be split into micro-batches x devices x accumulation"
+        )
     if exp.hardware.jobs < 1:
         errors.append(f"hardware.jobs: must be >= 1, got {exp.hardware.jobs}")
 
