@@ -333,3 +333,13 @@ def test_a_pretrained_base_with_an_adapter_is_merged_by_its_own_stage(tmp_path, 
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.allclose(merged(ids).logits, expected(ids).logits, atol=1e-5)
     assert not torch.allclose(merged(ids).logits, load_causal_lm(tiny_lm_path)(ids).logits, atol=1e-3)
+
+
+def test_the_command_exits_with_the_spec_error(tmp_path):
+    from subliminal_pl.cli import main
+
+    over = spec_file(tmp_path, "traits: [owl, unicorn]\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["pipeline", "--config", DEMO, "--config", over, "--out_dir", str(tmp_path / "o")])
+    assert str(stop.value.code).startswith("subliminal-pl pipeline: invalid experiment spec:")
+    assert "'unicorn'" in str(stop.value.code) and not (tmp_path / "o").exists()
