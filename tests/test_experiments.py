@@ -343,3 +343,35 @@ def test_the_command_exits_with_the_spec_error(tmp_path):
         main(["pipeline", "--config", DEMO, "--config", over, "--out_dir", str(tmp_path / "o")])
     assert str(stop.value.code).startswith("subliminal-pl pipeline: invalid experiment spec:")
     assert "'unicorn'" in str(stop.value.code) and not (tmp_path / "o").exists()
+
+
+def test_sigterm_stops_the_run_and_says_how_to_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    smoke = str(CONFIGS / "toy" / "smoke.yaml")
+    command = [sys.executable, "-m", "subliminal_pl.cli", "pipeline", "--config", smoke]
+    command += [
+        "--out_dir",
+        str(tmp_path / "o"),
+        "--hardware.jobs",
+        "1",
+        "--bases.init_args.world.rows",
+        "300",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(CONFIGS.parent), PYTHONUNBUFFERED="1")
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in run.stdout:  # wait until a stage after the world is running
+            if ": python -m subliminal_pl.cli fit" in line:
+                break
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 1
+    assert "interrupted; run the same command again to resume" in err
+    # The stage that was running did not finish.
+    assert not list((tmp_path / "o" / "stages").glob("base-s*/stage.json"))
