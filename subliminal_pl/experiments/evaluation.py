@@ -62,8 +62,8 @@ def report_code_hash() -> str:
     """Hash of the report package's source: the report is cheap and changes more often than the rest, so a
     changed report reruns it."""
     digest = hashlib.sha256()
-    for path in sorted(REPORT_PACKAGE.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    for path in sorted(REPORT_PACKAGE.rglob("*.py")):
+        digest.update(str(path.relative_to(REPORT_PACKAGE)).encode() + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
