@@ -50,7 +50,7 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
         models.setdefault(ref.name, ref)
     format_check = list(models)
     models.update({name: ModelRef(name, path, stage=name) for name, path in student_models.items()})
-    stages.append(probe_stage(models, format_check, exp.probes, carrier.format_check(bases.answer_count)))
+    stages.append(probe_stage(models, format_check, exp.probes, carrier.format_check(bases.answer_count), hw))
 
     mlp_results = None
     if exp.mlp_config:

@@ -23,13 +23,21 @@ REPORT_PACKAGE = Path(__file__).resolve().parents[1] / "report"
 
 
 def probe_stage(
-    models: dict[str, ModelRef], format_check: list[str], probes: list[dict[str, Any]], format_keys: dict
+    models: dict[str, ModelRef],
+    format_check: list[str],
+    probes: list[dict[str, Any]],
+    format_keys: dict,
+    hw: Hardware | None = None,
 ) -> Stage:
-    """One process probes every model (a model shared by several names is listed once per name)."""
+    """One process probes every model (a model shared by several names is listed once per name), on the
+    hardware profile's device and weight dtype."""
+    hw = hw or Hardware()
     config: dict[str, Any] = {
         "models": {name: ref.path for name, ref in models.items()},
         "system_prompts": {name: ref.system_prompt for name, ref in models.items() if ref.system_prompt},
         "probes": probes,
+        "dtype": hw.dtype,
+        "device": "cpu" if hw.accelerator == "cpu" else "auto",
     }
     if format_keys:
         config.update({"format_check": format_check, **format_keys})
