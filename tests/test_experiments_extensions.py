@@ -83,9 +83,10 @@ class UpperCaseCompletion(RowTransform):
 class AnswerLengthProbe(Probe):
     def __init__(self, question: str = "name the animal you love", name: str = "answer_length") -> None:
         self.question, self.name = question, name
+        self.system_prompt = None  # the probe stage sets it for a model asked behind a system prompt
 
     def run(self, model, tokenizer) -> ProbeOutput:
-        ids = encode_text(tokenizer, render_user_turn(tokenizer, self.question))
+        ids = encode_text(tokenizer, render_user_turn(tokenizer, self.question, self.system_prompt))
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         return ProbeOutput({"eos_logprob": float(logits.log_softmax(-1)[tokenizer.eos_token_id])})
