@@ -71,8 +71,17 @@ def test_the_twin_probes_every_model_with_both_probes_and_intervals(twin):
 def test_the_twin_report_has_teacher_control_and_base(twin):
     out, _, _ = twin
     results = json.loads((out / "results.json").read_text())
-    text = json.dumps(results)
-    for name in ("teacher-owl", "tiny", "control", "student-owl-s0", "student-control-s1"):
-        assert name in text, name
+    # The control teacher is the base itself (no system prompt), probed once under the base's name.
+    rows = {row["model"]: row for row in results["models"]}
+    assert set(rows) == {"tiny", "teacher-owl"}
+    assert rows["teacher-owl"]["trait"] == "owl" and "teacher" in rows["teacher-owl"]["role"]
+    for row in rows.values():
+        owl = row["rates"]["animals_sampled"]["owl"]
+        assert 0 <= owl["low"] <= owl["rate"] <= owl["high"] <= 1
+    assert {(r["kind"], r["teacher"]) for r in results["student_rates"]} == {
+        ("same", "owl"),
+        ("same", "control"),
+    }
+    assert results["config"]["teachers"]["class_path"].endswith("SystemPromptTeachers")
     report = (out / "report.md").read_text()
-    assert "owl" in report and "control" in report and "tiny" in report
+    assert "| teacher-owl |" in report and "| tiny |" in report and "| control |" in report
