@@ -35,6 +35,8 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check subliminal_pl tests bench
 	$(VENV)/bin/ruff format --check subliminal_pl tests bench
+	# Layering contracts (pyproject.toml, [tool.importlinter]).
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache

@@ -19,7 +19,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "export-trl": ("subliminal_pl.data.trl", "write rows in TRL's conversational prompt-completion form"),
     "prompts": ("subliminal_pl.data.prompts", "write seeded number-sequence prompts to JSONL"),
     "pipeline": (
-        "subliminal_pl.pipeline",
+        "subliminal_pl.experiments.command",
         "run a multi-stage experiment (cached, resumable) and write its report",
     ),
     "theory-check": ("subliminal_pl.theory", "one-step check of the theorem behind subliminal learning"),

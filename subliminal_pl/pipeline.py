@@ -11,8 +11,9 @@ the stages it affects. An unfinished stage starts again from an empty folder, ex
 In commands and files, `{{dir}}` stands for the stage's own folder and `{{dir:NAME}}` for the folder of stage
 NAME (which must be among its needs).
 
-`subliminal-pl pipeline --config configs/toy/demo.yaml` builds the stages of an experiment (see
-`subliminal_pl.toy.experiment`), runs them, and prints the exact command of each one and where the report is.
+This module knows stages, not experiments (it imports none): `subliminal-pl pipeline --config
+configs/toy/demo.yaml` (`subliminal_pl.experiments.command`) builds an experiment's stages from its spec, runs
+them with `Pipeline`, and prints the exact command of each one and where the report is.
 """
 
 from __future__ import annotations
@@ -447,10 +448,3 @@ def _tail(path: Path, lines: int = 30) -> str:
         return ""
     text = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return "\n".join("    " + line for line in text[-lines:])
-
-
-def main(argv: list[str]) -> None:
-    """`subliminal-pl pipeline --config EXPERIMENT.yaml`: run an experiment's stages and report."""
-    from subliminal_pl.toy.experiment import run_experiment_cli
-
-    run_experiment_cli(argv)

@@ -1,0 +1,74 @@
+"""The stage graph of an experiment, from its roles, and the manifest that tells the report what each model is."""
+
+from __future__ import annotations
+
+from subliminal_pl.experiments.evaluation import mlp_stage, probe_stage, report_stage
+from subliminal_pl.experiments.recipes import ModelRef, stage_dir
+from subliminal_pl.experiments.spec import Experiment
+from subliminal_pl.experiments.validate import validate
+from subliminal_pl.pipeline import Stage
+from subliminal_pl.report.manifest import Bases as ManifestBases
+from subliminal_pl.report.manifest import Manifest
+
+# Spec keys that do not change any result (left out of what the report records).
+NOT_RECORDED = ("variants", "out_dir")
+
+
+def recorded_spec(exp: Experiment) -> dict:
+    spec = {k: v for k, v in exp.spec.items() if k not in NOT_RECORDED}
+    if isinstance(spec.get("hardware"), dict):
+        spec["hardware"] = {k: v for k, v in spec["hardware"].items() if k != "jobs"}
+    return spec
+
+
+def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Manifest]:
+    """Every stage of the experiment, in a valid order, and its manifest; `check` validates the spec first."""
+    if check:
+        validate(exp)
+    hw, bases = exp.hardware, exp.bases
+    traits = [t.lower() for t in exp.traits]
+    stages = list(bases.stages(hw))
+    shared, controls = bases.shared, bases.controls
+
+    teacher_stages, teachers = exp.teachers.build(traits, bases, hw)
+    stages += teacher_stages
+
+    carrier = exp.carrier
+    sources = {"base": shared} if carrier.source == "base" else teachers
+    data_stages, kept, data_stats = carrier.build(hw, sources, exp.steps, bases.answer_count)
+    stages += data_stages
+    data = {t: kept["base" if carrier.source == "base" else t] for t in teachers}
+
+    student_stages, entries, student_models = exp.students.build(
+        hw, shared, controls, teachers, exp.teachers.neutral, data, carrier.token_subset
+    )
+    stages += student_stages
+
+    # Probes: each model once per name (a teacher that is the base is probed as the base).
+    models: dict[str, ModelRef] = {}
+    for ref in [shared, *controls, *teachers.values()]:
+        models.setdefault(ref.name, ref)
+    format_check = list(models)
+    models.update({name: ModelRef(name, path, stage=name) for name, path in student_models.items()})
+    stages.append(probe_stage(models, format_check, exp.probes, carrier.format_check(bases.answer_count), hw))
+
+    mlp_results = None
+    if exp.mlp_config:
+        stages.append(mlp_stage(exp.mlp_config, hw))
+        mlp_results = f"{stage_dir('mlp')}/logs/run/results.json"
+
+    manifest = Manifest(
+        traits=traits,
+        bases=ManifestBases(same=shared.name, cross=[c.name for c in controls]),
+        students=entries,
+        probes=f"{stage_dir('probes')}/probes.json",
+        title=exp.title,
+        neutral=exp.teachers.neutral,
+        teachers={t: ref.name for t, ref in teachers.items()},
+        filter_stats=data_stats,
+        mlp_results=mlp_results,
+        config=recorded_spec(exp),
+    )
+    report_needs = ["probes", *(f"data-{s}" for s in sources)] + (["mlp"] if mlp_results else [])
+    stages.append(report_stage(manifest, report_needs))
+    return stages, manifest
