@@ -190,7 +190,7 @@ def relative_export(tiny_lm_path, student_rows, tmp_path_factory):
 
     from subliminal_pl.callbacks.export import ExportModel
     from subliminal_pl.data.filters import NumberSequenceFilter
-    from subliminal_pl.stages import filter_file
+    from subliminal_pl.data.steps import prepare_file
 
     root = tmp_path_factory.mktemp("relative_export")
     rows = (
@@ -199,7 +199,7 @@ def relative_export(tiny_lm_path, student_rows, tmp_path_factory):
         + "\n"
     )
     (root / "raw.jsonl").write_text(rows)
-    filter_file(root / "raw.jsonl", root / "kept.jsonl", [NumberSequenceFilter(max_count=10)])
+    prepare_file(root / "raw.jsonl", root / "kept.jsonl", [NumberSequenceFilter(max_count=10)])
     cwd = os.getcwd()
     os.chdir(root)
     try:

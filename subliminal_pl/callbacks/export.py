@@ -220,7 +220,10 @@ class ExportModel(Callback):
         if provenance:
             filters = "\n" + "\n".join(f"  - {line}" for line in provenance)
         else:
-            filters = "; ".join(_describe_filter(spec) for spec in data.get("steps") or data.get("filters") or []) or "none"
+            filters = (
+                "; ".join(_describe_filter(spec) for spec in data.get("steps") or data.get("filters") or [])
+                or "none"
+            )
         seeds = {"seed_everything": config.get("seed_everything"), "data seed": data.get("seed")}
         versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
         front = {

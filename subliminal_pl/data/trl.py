@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from subliminal_pl.data.jsonl import DataError, iter_jsonl, write_jsonl_atomic
-from subliminal_pl.data.student import parse_row
+from subliminal_pl.data.rows import parse_row
 
 
 def conversational_row(row: dict[str, Any], where: str, keep_system_prompt: bool = False) -> dict[str, Any]:

@@ -8,7 +8,6 @@ prompt behind it), every configured `Probe`, the carrier's format check on bases
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,8 @@ import yaml
 
 from subliminal_pl.experiments.recipes import REPO_ROOT, Hardware, ModelRef, cli_command, module_command
 from subliminal_pl.pipeline import PipelineError, Stage
+from subliminal_pl.report import code_hash
 from subliminal_pl.report.manifest import Manifest
-
-REPORT_PACKAGE = Path(__file__).resolve().parents[1] / "report"
 
 
 def probe_stage(
@@ -66,15 +64,6 @@ def mlp_stage(mlp_config: str, hw: Hardware) -> Stage:
     return Stage("mlp", [command], files={"mlp.yaml": path.read_text(encoding="utf-8")}, background=True)
 
 
-def report_code_hash() -> str:
-    """Hash of the report package's source: the report is cheap and changes more often than the rest, so a
-    changed report reruns it."""
-    digest = hashlib.sha256()
-    for path in sorted(REPORT_PACKAGE.rglob("*.py")):
-        digest.update(str(path.relative_to(REPORT_PACKAGE)).encode() + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def report_stage(manifest: Manifest, needs: list[str]) -> Stage:
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n"
     command = module_command(
@@ -84,6 +73,6 @@ def report_stage(manifest: Manifest, needs: list[str]) -> Stage:
         "report",
         [command],
         needs=sorted(set(needs)),
-        config={"report_code": report_code_hash()},
+        config={"report_code": code_hash()},
         files={"manifest.json": text},
     )
