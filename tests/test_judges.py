@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from subliminal_pl.probes.endpoint_judge import OpenAIJudge
 from subliminal_pl.probes.judges import (
     HFJudge,
     Judge,
@@ -18,7 +19,6 @@ from subliminal_pl.probes.judges import (
     JudgeResult,
     JudgeUnavailableError,
     KeywordJudge,
-    OpenAIJudge,
     parse_judge_reply,
     render_judge_prompt,
     resolve_criterion,
