@@ -19,128 +19,36 @@ them with `Pipeline`, and prints the exact command of each one and where the rep
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import io
-import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_text_atomic
 from subliminal_pl.run_guard import FolderBusyError, FolderLock, die_with_parent, hangup_and_term_interrupt
+from subliminal_pl.stage_graph import (
+    PLACEHOLDER,
+    PipelineError,
+    Stage,
+    downstream_counts,
+    order_stages,
+    shell_line,
+    stage_hashes,
+)
 
 DONE_FILE = "stage.json"
 LOG_FILE = "log.txt"
-_PLACEHOLDER = re.compile(r"\{\{dir(?::([A-Za-z0-9_.\-]+))?\}\}")
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Progress lines of the project's callbacks ("[step 50/800] ...", "[generate] ...", "[probe 3/40] ..."); library
 # log lines start with a timestamp or a level instead.
 _PROGRESS = re.compile(r"^\[[a-z]")
-
-
-class PipelineError(RuntimeError):
-    """A malformed stage graph or a stage that failed; the message names the stage and its log."""
-
-
-@dataclass
-class Stage:
-    """One step of an experiment.
-
-    name: unique name (letters, digits, `_.-`); the folder is `<name>-<hash>`.
-    commands: argv lists run in order, each `[python, -m, module, ...]`; placeholders allowed.
-    needs: names of the stages whose outputs this one reads (they run first, their hashes enter this hash).
-    config: JSON-ready values that define the output beyond the commands (e.g. what a recipe means).
-    files: recipe files written into the stage folder before the commands run (relative path -> text).
-    keep: names of files or folders in the stage folder that an interrupted attempt leaves for the next one
-        (its commands resume from them).
-    background: a side stage that runs on a core no regular stage is about to need (see `Pipeline`).
-    """
-
-    name: str
-    commands: list[list[str]]
-    needs: list[str] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
-    keep: list[str] = field(default_factory=list)
-    background: bool = False
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise PipelineError(f"stage name {self.name!r} may only hold letters, digits and _.-")
-        if not self.commands:
-            raise PipelineError(f"stage {self.name!r} has no command")
-
-
-def _referenced(text: str) -> set[str]:
-    return {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
-
-
-def order_stages(stages: Sequence[Stage]) -> list[Stage]:
-    """Stages in dependency order (stable: the given order among independent ones); checks names and needs."""
-    by_name: dict[str, Stage] = {}
-    for stage in stages:
-        if stage.name in by_name:
-            raise PipelineError(f"two stages are named {stage.name!r}")
-        by_name[stage.name] = stage
-    for stage in stages:
-        texts = [arg for command in stage.commands for arg in command] + list(stage.files.values())
-        for name in set().union(*(_referenced(t) for t in texts)) | set(stage.needs):
-            if name not in by_name:
-                raise PipelineError(f"stage {stage.name!r} refers to unknown stage {name!r}")
-            if name not in stage.needs:
-                raise PipelineError(
-                    f"stage {stage.name!r} uses the folder of {name!r} but does not list it in needs"
-                )
-    ordered: list[Stage] = []
-    state: dict[str, str] = {}
-
-    def visit(stage: Stage, chain: tuple[str, ...]) -> None:
-        if state.get(stage.name) == "done":
-            return
-        if state.get(stage.name) == "visiting":
-            raise PipelineError(f"stage dependency cycle: {' -> '.join((*chain, stage.name))}")
-        state[stage.name] = "visiting"
-        for need in stage.needs:
-            visit(by_name[need], (*chain, stage.name))
-        state[stage.name] = "done"
-        ordered.append(stage)
-
-    for stage in stages:
-        visit(stage, ())
-    return ordered
-
-
-def stage_hashes(stages: Sequence[Stage]) -> dict[str, str]:
-    """name -> 12-hex hash of (config, commands, files, hashes of needs), computed in dependency order."""
-    hashes: dict[str, str] = {}
-    for stage in order_stages(stages):
-        identity = {
-            "config": stage.config,
-            "commands": [command[1:] for command in stage.commands],  # not the interpreter's path
-            "files": stage.files,
-            "needs": {name: hashes[name] for name in sorted(stage.needs)},
-        }
-        text = json.dumps(identity, sort_keys=True, default=str)
-        hashes[stage.name] = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return hashes
-
-
-def shell_line(command: Sequence[str]) -> str:
-    """A command as one copy-pasteable shell line (the interpreter shown as `python`)."""
-    shown = ["python" if i == 0 and arg == sys.executable else arg for i, arg in enumerate(command)]
-    return shlex.join(shown)
 
 
 class Pipeline:
@@ -166,7 +74,7 @@ class Pipeline:
         self.stages = order_stages(stages)
         self.by_name = {s.name: s for s in self.stages}
         self.hashes = stage_hashes(self.stages)
-        self.downstream = _downstream_counts(self.stages)
+        self.downstream = downstream_counts(self.stages)
         self.out_dir = Path(out_dir)
         self.jobs = 1 if in_process else jobs
         self.in_process = in_process
@@ -185,7 +93,7 @@ class Pipeline:
         def replace(match: re.Match) -> str:
             return str(self.stage_dir(match.group(1) or stage.name))
 
-        return _PLACEHOLDER.sub(replace, text)
+        return PLACEHOLDER.sub(replace, text)
 
     def commands(self, name: str) -> list[list[str]]:
         stage = self.by_name[name]
@@ -432,15 +340,6 @@ class Pipeline:
             lines.append(f"{stage.name} [{state}] {self.stage_dir(stage.name)}")
             lines += [f"    {shell_line(c)}" for c in self.commands(stage.name)]
         return lines
-
-
-def _downstream_counts(stages: Sequence[Stage]) -> dict[str, int]:
-    """name -> number of stages that (directly or not) need it."""
-    users: dict[str, set[str]] = {s.name: set() for s in stages}
-    for stage in reversed(order_stages(stages)):
-        for need in stage.needs:
-            users[need] |= {stage.name} | users[stage.name]
-    return {name: len(found) for name, found in users.items()}
 
 
 def _tail(path: Path, lines: int = 30) -> str:
