@@ -47,7 +47,7 @@ for name in ("student", "zero2"):
                     "model": {"init_args": {"model_name_or_path": str(work / "model")}},
                     # An untrained model writes no valid number sequence: train on its raw rows.
                     "data": {"init_args": {"tokenizer": str(work / "model"), "data_path": str(work / "raw.jsonl"),
-                                           "filters": []}}},
+                                           "steps": []}}},
                    open(work / f"{name}.yaml", "w"))
 PY
 
