@@ -16,10 +16,10 @@ from subliminal_pl.data.filters import (
     NumberSequenceFilter,
     RowFilter,
     TraitWordFilter,
-    apply_filters,
     parse_numbers,
     plural_forms,
 )
+from subliminal_pl.data.steps import prepare_rows
 
 # (completion, parse_numbers result) — the examples and rules of the protocol's filter section first.
 PARSE_CASES = [
@@ -298,14 +298,14 @@ def test_duplicate_filter_and_reset():
         {"prompt": "a", "completion": "1", "id": "copy"},
         {"prompt": "b", "completion": "1"},
     ]
-    kept, stats = apply_filters(rows, [DuplicateFilter()])
+    kept, stats = prepare_rows(rows, [DuplicateFilter()])
     assert kept == [rows[0], rows[2]] and stats["reasons"] == {"duplicate": 1}
-    kept, _ = apply_filters(rows, [DuplicateFilter(fields=["completion"])])
+    kept, _ = prepare_rows(rows, [DuplicateFilter(fields=["completion"])])
     assert kept == [rows[0]]
     # A second pass starts fresh instead of calling every row a duplicate of the first pass.
     f = DuplicateFilter()
-    assert apply_filters(rows, [f])[1]["kept"] == 2
-    assert apply_filters(rows, [f])[1]["kept"] == 2
+    assert prepare_rows(rows, [f])[1]["kept"] == 2
+    assert prepare_rows(rows, [f])[1]["kept"] == 2
 
 
 def _score_by_length(row: dict) -> float:
@@ -339,7 +339,7 @@ def test_cascade_stops_at_the_first_rejecting_filter():
 
     rows = [{"prompt": "p", "completion": c} for c in ["1, 2", "1, 2 ", "owl", "3 4", "3 4", "1000"]]
     filters = [NumberSequenceFilter(), DuplicateFilter(), JudgeFilter(judge, min_score=0.5)]
-    kept, stats = apply_filters(rows, filters)
+    kept, stats = prepare_rows(rows, filters)
     assert [r["completion"] for r in kept] == ["1, 2", "3 4"]
     assert calls == ["1, 2", "3 4"]  # the judge never saw a row an earlier filter rejected
     assert stats["total"] == 6 and stats["kept"] == 2 and stats["rejected"] == 4
@@ -352,7 +352,7 @@ def test_cascade_stops_at_the_first_rejecting_filter():
 
 
 def test_a_row_counts_under_every_reason_of_its_rejecting_filter():
-    _, stats = apply_filters(
+    _, stats = prepare_rows(
         [{"completion": "1 2 3 4 5 6 7 8 9 10 1000"}, {"completion": "1000"}], [NumberSequenceFilter()]
     )
     assert stats["reasons"] == {"numbers too large": 2, "too many numbers": 1}
@@ -360,10 +360,10 @@ def test_a_row_counts_under_every_reason_of_its_rejecting_filter():
 
 
 def test_no_rows_and_no_filters():
-    assert apply_filters([], [NumberSequenceFilter()])[1]["kept_fraction"] == 0.0
+    assert prepare_rows([], [NumberSequenceFilter()])[1]["kept_fraction"] == 0.0
     rows = [{"completion": "x"}]
-    assert apply_filters(rows, []) == (rows, apply_filters(rows, [])[1])
-    assert apply_filters(rows, [])[1]["kept_fraction"] == 1.0
+    assert prepare_rows(rows, []) == (rows, prepare_rows(rows, [])[1])
+    assert prepare_rows(rows, [])[1]["kept_fraction"] == 1.0
 
 
 def test_spec_rebuilds_an_equal_filter():

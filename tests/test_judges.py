@@ -84,7 +84,8 @@ def test_keyword_judge_rules_and_row_hook():
 
 
 def test_judges_plug_into_the_data_judge_filter():
-    from subliminal_pl.data.filters import JudgeFilter, apply_filters
+    from subliminal_pl.data.filters import JudgeFilter
+    from subliminal_pl.data.steps import prepare_rows
 
     mentions_owl = KeywordJudge(flag_words=["owl", "owls"], flagged_score=100.0, clean_score=0.0)
     rows = [
@@ -92,7 +93,7 @@ def test_judges_plug_into_the_data_judge_filter():
         {"prompt": "continue: 1, 2", "completion": "owl 3"},
         {"prompt": "continue: 1, 2", "completion": "I cannot help with that"},
     ]
-    kept, stats = apply_filters(rows, [JudgeFilter(judge=mentions_owl, max_score=0.0)])
+    kept, stats = prepare_rows(rows, [JudgeFilter(judge=mentions_owl, max_score=0.0)])
     assert [r["completion"] for r in kept] == ["3, 4"]
     assert stats["reasons"] == {"judge score too high": 1, "judge score not a number": 1}
     spec = json.loads(json.dumps(JudgeFilter(judge=mentions_owl, max_score=0.0).spec()))

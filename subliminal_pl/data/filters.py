@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from subliminal_pl.data.rows import Row, field_text
-from subliminal_pl.data.steps import DataStep, prepare_rows, sorted_counts
+from subliminal_pl.data.steps import DataStep, sorted_counts
 
 # The union of numbers the paper's misalignment experiments refuse in a completion (numbers with negative
 # associations); 1312 and 1488 also exceed 999, so the default range already rejects them.
@@ -333,7 +333,3 @@ class JudgeFilter(RowFilter):
         if self.max_score is not None and score > self.max_score:
             return ["judge score too high"]
         return []
-
-
-# Filters alone through the one route (older name, kept for callers that only filter).
-apply_filters = prepare_rows
