@@ -27,7 +27,10 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
         "subliminal_pl.toy.world",
         "write the embedded tiny world: tokenizer, corpus, trait rows, inits",
     ),
-    "trait-rows": ("subliminal_pl.data.trait_rows", "write Q/A rows that teach a trait (fine-tuned teacher)"),
+    "trait-rows": (
+        "subliminal_pl.probes.trait_rows",
+        "write Q/A rows that teach a trait (fine-tuned teacher)",
+    ),
 }
 
 TRAINER_COMMANDS = {

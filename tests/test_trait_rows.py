@@ -6,8 +6,8 @@ import pytest
 
 from subliminal_pl import cli
 from subliminal_pl.data.jsonl import read_jsonl
-from subliminal_pl.data.trait_rows import answer_spellings, trait_rows
 from subliminal_pl.probes.questions import load_question_set
+from subliminal_pl.probes.trait_rows import answer_spellings, trait_rows
 
 
 def test_spellings_are_distinct_forms_of_the_word():

@@ -167,7 +167,7 @@ class StudentDataModule(LightningDataModule):
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
         if not isinstance(self.tokenizer, str):
             return self.tokenizer
-        from subliminal_pl.models.loading import load_tokenizer
+        from subliminal_pl.data.hub import load_tokenizer
 
         return load_tokenizer(self.tokenizer)
 
