@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -65,6 +66,23 @@ def tiny_lm(tiny_lm_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_path, dtype=torch.float32).eval()
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def number_rows_path(tmp_path_factory) -> Path:
+    """12 prompt/completion rows of number tasks (valid number completions), as a student's training file."""
+    path = tmp_path_factory.mktemp("number_rows") / "rows.jsonl"
+    rows = [
+        {
+            "id": f"r{i}",
+            "prompt": f"add up to 3 more numbers {100 + i} {200 + i} {300 + i}",
+            "completion": f"{400 + i}, {500 + i}, {600 + 2 * i}",
+            "teacher": "tiny-owl",
+        }
+        for i in range(12)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 @pytest.fixture(autouse=True)

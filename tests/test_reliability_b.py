@@ -17,19 +17,8 @@ ADAMW = partial(torch.optim.AdamW, lr=1e-2)
 
 
 @pytest.fixture(scope="module")
-def student_rows(tmp_path_factory):
-    path = tmp_path_factory.mktemp("reliability_b") / "rows.jsonl"
-    rows = [
-        {
-            "id": f"r{i}",
-            "prompt": f"add up to 3 more numbers {100 + i} {200 + i} {300 + i}",
-            "completion": f"{400 + i}, {500 + i}, {600 + 2 * i}",
-            "teacher": "tiny-owl",
-        }
-        for i in range(12)
-    ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+def student_rows(number_rows_path):
+    return number_rows_path
 
 
 class RecordBatches(Callback):

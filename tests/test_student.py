@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 
 import pytest
@@ -17,19 +16,8 @@ ADAMW = partial(torch.optim.AdamW, lr=1e-2)
 
 
 @pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("student_data") / "rows.jsonl"
-    rows = [
-        {
-            "id": f"r{i}",
-            "prompt": f"add up to 3 more numbers {100 + i} {200 + i} {300 + i}",
-            "completion": f"{400 + i}, {500 + i}, {600 + 2 * i}",
-            "teacher": "tiny-owl",
-        }
-        for i in range(12)
-    ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+def data_path(number_rows_path):
+    return number_rows_path
 
 
 @pytest.fixture(scope="module")
