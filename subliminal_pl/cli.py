@@ -140,7 +140,7 @@ def missing_model_line(err: BaseException, argv: Sequence[str]) -> str | None:
     The loader's error arrives wrapped (jsonargparse, Lightning); the argument is found by its value on the
     command line, else in the --config files (the last one that sets it).
     """
-    from subliminal_pl.models.loading import ModelNotAvailableError
+    from subliminal_pl.data.hub import ModelNotAvailableError
 
     while err is not None and not isinstance(err, ModelNotAvailableError):
         err = err.__cause__ or err.__context__

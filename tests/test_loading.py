@@ -7,12 +7,8 @@ import socket
 import pytest
 import torch
 
-from subliminal_pl.models.loading import (
-    ModelNotAvailableError,
-    load_causal_lm,
-    load_tokenizer,
-    parse_dtype,
-)
+from subliminal_pl.data.hub import ModelNotAvailableError, load_tokenizer
+from subliminal_pl.models.loading import load_causal_lm, parse_dtype
 
 
 @pytest.fixture

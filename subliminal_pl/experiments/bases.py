@@ -217,7 +217,8 @@ def merge_adapter(
     model_name_or_path: str, adapter_path: str, output_dir: str, dtype: str = "float32"
 ) -> None:
     """Write `model_name_or_path` with the adapter folded in, and its tokenizer, to `output_dir`."""
-    from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
+    from subliminal_pl.data.hub import load_tokenizer
+    from subliminal_pl.models.loading import load_causal_lm
 
     model = load_causal_lm(model_name_or_path, dtype=dtype, adapter_path=adapter_path)
     model.save_pretrained(output_dir)

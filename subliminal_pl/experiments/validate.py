@@ -131,7 +131,7 @@ def check_roles(exp: Experiment, errors: list[str]) -> None:
 
 def model_problem(source: str, what: str = "config.json") -> str | None:
     """Why `source` (a directory or hub id) cannot be loaded here, or None when it can (as far as files go)."""
-    from subliminal_pl.models.loading import ModelNotAvailableError, hub_offline, resolve_source
+    from subliminal_pl.data.hub import ModelNotAvailableError, hub_offline, resolve_source
 
     try:
         name, local = resolve_source(source)
@@ -161,7 +161,7 @@ def check_models(exp: Experiment, errors: list[str]) -> None:
     if missing or exp.students.loss == "sft" or not bases.control_models:
         return
     # A cross-model student distils the teacher's next-token distribution: both must share one vocabulary.
-    from subliminal_pl.models.loading import load_tokenizer
+    from subliminal_pl.data.hub import load_tokenizer
 
     vocab = load_tokenizer(bases.model_name_or_path).get_vocab()
     for i, control in enumerate(bases.control_models):

@@ -1,8 +1,9 @@
-"""Load a Hugging Face causal LM (and its tokenizer, from `subliminal_pl.data.hub`) by hub name or local path.
+"""Load a Hugging Face causal LM (optionally with a PEFT adapter) by hub name or local path, offline-safe.
 
 A local directory is always loaded with `local_files_only=True`, so it never touches the network. A hub name is
 looked up in the local cache first when downloads are switched off (HF_HUB_OFFLINE=1); if it is not there the
-error says how to provide the model instead of a generic connection failure.
+error says how to provide the model instead of a generic connection failure (`subliminal_pl.data.hub`, which
+also loads tokenizers).
 """
 
 from __future__ import annotations
@@ -11,24 +12,7 @@ from pathlib import Path
 
 import torch
 
-from subliminal_pl.data.hub import (
-    ModelNotAvailableError,
-    from_pretrained,
-    hub_offline,
-    load_tokenizer,
-    resolve_source,
-)
-
-# Loading a model and its tokenizer is one route: the tokenizer loader and the hub look-up live in the data layer.
-__all__ = [
-    "DTYPES",
-    "ModelNotAvailableError",
-    "hub_offline",
-    "load_causal_lm",
-    "load_tokenizer",
-    "parse_dtype",
-    "resolve_source",
-]
+from subliminal_pl.data.hub import from_pretrained
 
 DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto",

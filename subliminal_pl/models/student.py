@@ -31,7 +31,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
-from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
+from subliminal_pl.data.hub import load_tokenizer
+from subliminal_pl.models.loading import load_causal_lm
 from subliminal_pl.models.logits import PositionLogits
 
 IGNORE_INDEX = -100

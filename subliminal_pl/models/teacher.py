@@ -12,8 +12,9 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 
+from subliminal_pl.data.hub import load_tokenizer
 from subliminal_pl.models.generation import SamplingSettings, generate, stop_token_ids
-from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
+from subliminal_pl.models.loading import load_causal_lm
 
 
 class TeacherGeneration(LightningModule):

@@ -310,7 +310,8 @@ class HFJudge(PromptedJudge):
         if not self._loaded:
             import torch
 
-            from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
+            from subliminal_pl.data.hub import load_tokenizer
+            from subliminal_pl.models.loading import load_causal_lm
 
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._loaded["model"] = load_causal_lm(self.model_name_or_path, dtype=self.dtype).to(device)

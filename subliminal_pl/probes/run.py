@@ -102,7 +102,8 @@ def probe_models(
     """
     import torch
 
-    from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
+    from subliminal_pl.data.hub import load_tokenizer
+    from subliminal_pl.models.loading import load_causal_lm
 
     probes = list(probes or [])
     system_prompts = dict(system_prompts or {})

@@ -45,7 +45,8 @@ class ProbeTarget(LightningModule):
             return
         from pathlib import Path
 
-        from subliminal_pl.models.loading import load_causal_lm, load_tokenizer
+        from subliminal_pl.data.hub import load_tokenizer
+        from subliminal_pl.models.loading import load_causal_lm
 
         hp = self.hparams
         tokenizer_source = hp.tokenizer_name_or_path
