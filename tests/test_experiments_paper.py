@@ -5,7 +5,6 @@ teacher write numbers, SFT LoRA students learn them, both probes run on every mo
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,12 @@ def twin(tmp_path_factory, tiny_lm_path):
     argv += ["--bases.init_args.model_name_or_path", str(tiny_lm_path), "--out_dir", str(out)]
     exp, _ = parse_experiment(argv)
     lines: list[str] = []
-    start = time.perf_counter()
     run_experiment(exp, in_process=True, echo=lines.append)
-    return out, lines, time.perf_counter() - start
+    return out, lines
 
 
-def test_the_twin_runs_end_to_end_within_two_minutes(twin):
-    out, lines, seconds = twin
-    assert seconds < 120
+def test_the_twin_runs_every_stage_end_to_end(twin):
+    out, lines = twin
     assert lines[-1] == f"report: {out / 'report.md'}"
     ran = {line.split(":")[0].split("] ")[1] for line in lines if line.startswith("[") and "done in" in line}
     assert ran == {
@@ -44,7 +41,7 @@ def test_the_twin_runs_end_to_end_within_two_minutes(twin):
 
 
 def test_the_twin_probes_every_model_with_both_probes_and_intervals(twin):
-    out, _, _ = twin
+    out, _ = twin
     probes = json.loads(next(out.glob("stages/probes-*/probes.json")).read_text())
     models = probes["models"]
     # The base (also the control teacher), the prompted owl teacher, and every student.
@@ -69,7 +66,7 @@ def test_the_twin_probes_every_model_with_both_probes_and_intervals(twin):
 
 
 def test_the_twin_report_has_teacher_control_and_base(twin):
-    out, _, _ = twin
+    out, _ = twin
     results = json.loads((out / "results.json").read_text())
     # The control teacher is the base itself (no system prompt), probed once under the base's name.
     rows = {row["model"]: row for row in results["models"]}
