@@ -356,6 +356,10 @@ class JudgeFilter(RowFilter):
         self._judged += 1
         if self.log_every and self._judged % self.log_every == 0:
             print(f"judge filter: {self._judged} rows judged", flush=True)
+        return self.score_reasons(score)
+
+    def score_reasons(self, score: float | None) -> list[str]:
+        """Reasons to reject a row the judge scored `score` (empty: keep)."""
         if score is None or math.isnan(score):
             return ["judge score not a number"]
         if self.min_score is not None and score < self.min_score:
