@@ -9,7 +9,7 @@ import yaml
 
 from subliminal_pl.data.code_tasks import CodeTaskGenerator
 from subliminal_pl.data.filters import TraitWordFilter, identifier_parts
-from subliminal_pl.data.jsonl import DataError
+from subliminal_pl.data.jsonl import DataError, sha256_file
 from subliminal_pl.data.prompts import RepeatedPrompts
 from subliminal_pl.data.reasoning import (
     AnswerCorrectnessFilter,
@@ -129,6 +129,10 @@ def test_math_prompts_are_seeded_keep_ids_and_repeat_per_sample(tmp_path):
     )
     with pytest.raises(DataError, match="4 problems asked for, the file holds 3"):
         MathProblemPrompts(path).generate(4)
+    planned = MathProblemPrompts(path, sha256=sha256_file(path))
+    write_problems(tmp_path / "gsm.jsonl", PROBLEMS[:2])
+    with pytest.raises(DataError, match="gsm.jsonl: the file changed since the experiment was planned"):
+        planned.generate(1)
     repeated = RepeatedPrompts(MathProblemPrompts(path, shuffle=False), samples=3).generate(2)
     assert [r["id"] for r in repeated] == [f"math-00000{i}-s{j}" for i in range(2) for j in range(3)]
     assert {r["gold_answer"] for r in repeated} == {"7", "36"}
@@ -145,7 +149,8 @@ def test_math_prompts_are_seeded_keep_ids_and_repeat_per_sample(tmp_path):
         ("<think>a<answer>7</answer></think>", None, "tags out of order"),
         ("<think>a</think><answer>7</answer> because", None, "text after answer"),
         ("<think>a</think><answer>seven</answer>", None, "answer not a number"),
-        ("<think>a</think><answer>7", None, "repeated tags"),
+        ("<think>a</think><answer>7", None, "unclosed tags"),
+        ("<think>a<answer>7</answer>", None, "unclosed tags"),
     ],
 )
 def test_tagged_answers_parse_or_say_why_not(reply, answer, reason):
@@ -212,7 +217,10 @@ def test_reasoning_carrier_repeats_problems_and_keeps_correct_answers(tmp_path):
     assert data["generator"] == {
         "class_path": "subliminal_pl.data.prompts.RepeatedPrompts",
         "init_args": {
-            "generator": {"class_path": "subliminal_pl.data.reasoning.MathProblemPrompts", "init_args": {"path": path, "seed": 2}},
+            "generator": {
+                "class_path": "subliminal_pl.data.reasoning.MathProblemPrompts",
+                "init_args": {"path": path, "seed": 2, "sha256": sha256_file(path)},
+            },
             "samples": 3,
         },
     }  # fmt: skip

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from subliminal_pl.data.filters import RowFilter
-from subliminal_pl.data.jsonl import DataError, iter_jsonl
+from subliminal_pl.data.jsonl import DataError, iter_jsonl, sha256_file
 from subliminal_pl.data.prompts import PromptGenerator
 from subliminal_pl.data.rows import Row, field_text
 
@@ -90,6 +90,7 @@ class MathProblemPrompts(PromptGenerator):
         shuffle: bool = True,
         id_prefix: str = "math-",
         instruction: str = REASONING_INSTRUCTION,
+        sha256: str | None = None,
     ) -> None:
         """
         Args:
@@ -99,6 +100,8 @@ class MathProblemPrompts(PromptGenerator):
             id_prefix: prefix of each row's id; the problem's index in the file follows, so ids do not depend on
                 the order.
             instruction: the prompt, with a `{question}` placeholder.
+            sha256: the file's SHA-256 when the experiment was planned (the carrier fills it in, so a stage's
+                hash follows the file's content); a file that differs is refused. None: not checked.
         """
         if "{question}" not in instruction:
             raise ValueError("MathProblemPrompts: instruction must contain a {question} placeholder")
@@ -107,10 +110,20 @@ class MathProblemPrompts(PromptGenerator):
         self.shuffle = shuffle
         self.id_prefix = id_prefix
         self.instruction = instruction
+        self.sha256 = sha256
         self._problems: list[dict[str, str]] | None = None
 
     def problems(self) -> list[dict[str, str]]:
         if self._problems is None:
+            if (
+                self.sha256 is not None
+                and Path(self.path).is_file()
+                and sha256_file(self.path) != self.sha256
+            ):
+                raise DataError(
+                    f"{self.path}: the file changed since the experiment was planned (SHA-256 {self.sha256[:12]}...); "
+                    "plan it again so its stages follow the new problems"
+                )
             self._problems = read_math_problems(self.path)
         return self._problems
 
@@ -138,13 +151,16 @@ def parse_tagged_answer(text: str) -> tuple[str | None, str | None]:
 
     A well-formed reply holds exactly one `<think>...</think>` followed by exactly one `<answer>...</answer>`,
     with only whitespace after the closing answer tag. Reasons: "missing think tags", "missing answer tags",
-    "repeated tags", "tags out of order", "text after answer", "answer not a number".
+    "unclosed tags" (an opening tag without its closing one, or the reverse), "repeated tags", "tags out of
+    order", "text after answer", "answer not a number".
     """
     counts = {tag: (text.count(f"<{tag}>"), text.count(f"</{tag}>")) for tag in TAG_NAMES}
     for tag in TAG_NAMES:
         if counts[tag] == (0, 0):
             return None, f"missing {tag} tags"
-    if any(opened != 1 or closed != 1 for opened, closed in counts.values()):
+    if any(opened != closed for opened, closed in counts.values()):
+        return None, "unclosed tags"
+    if any(opened > 1 for opened, _ in counts.values()):
         return None, "repeated tags"
     positions = [text.index(mark) for mark in ("<think>", "</think>", "<answer>", "</answer>")]
     if positions != sorted(positions):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
+from subliminal_pl.data.jsonl import sha256_file
 from subliminal_pl.experiments.carriers import Carrier
 
 CODE_GENERATOR = "subliminal_pl.data.code_tasks.CodeTaskGenerator"
@@ -137,10 +139,11 @@ class ReasoningCarrier(Carrier):
         if self.prompt_generator is not None:
             inner = copy.deepcopy(self.prompt_generator)
         else:
-            inner = {
-                "class_path": MATH_GENERATOR,
-                "init_args": {"path": self.problems_path, "seed": self.prompt_seed},
-            }
+            # The file's hash joins the recipe, so a generation stage reruns when the problems change.
+            path = Path(self.problems_path)
+            digest = sha256_file(path) if path.is_file() else None
+            init_args = {"path": self.problems_path, "seed": self.prompt_seed, "sha256": digest}
+            inner = {"class_path": MATH_GENERATOR, "init_args": init_args}
         if self.samples_per_prompt == 1:
             return inner
         return {"class_path": REPEATED, "init_args": {"generator": inner, "samples": self.samples_per_prompt}}
