@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -243,3 +244,38 @@ def test_the_teacher_copies_a_prompt_rows_extra_fields(tiny_lm_path):
     )
     assert out[0]["gold_answer"] == "7" and out[0]["id"] == "p0"
     assert out[0]["teacher"] == teacher.teacher_name  # the run's own fields win
+
+
+def test_a_missing_or_bad_problems_file_is_refused_before_any_stage(tmp_path):
+    assert ReasoningCarrier(problems_path=write_problems(tmp_path / "ok.jsonl"), prompts=3).check() == []
+    missing = ReasoningCarrier(problems_path=str(tmp_path / "none.jsonl")).check()
+    assert missing == [f"carrier.init_args.problems_path: {tmp_path / 'none.jsonl'}: file not found"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "7"}) + "\n")
+    assert ReasoningCarrier(problems_path=str(bad)).check() == [
+        f"carrier.init_args.problems_path: {bad}:1: field 'answer' has no final '#### N' line"
+    ]
+    few = ReasoningCarrier(problems_path=str(tmp_path / "ok.jsonl"), prompts=5).check()
+    assert few == [f"carrier.init_args.prompts: 5 problems asked for, {tmp_path / 'ok.jsonl'} holds 3"]
+    assert ReasoningCarrier(generator={"class_path": "my.Sums"}).check() == []
+
+
+def test_the_pipeline_refuses_a_reasoning_spec_without_its_problems(tmp_path, tiny_lm_path):
+    from subliminal_pl.experiments.build import build_stages
+    from subliminal_pl.experiments.command import parse_experiment
+    from subliminal_pl.pipeline import PipelineError
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    argv = [
+        "--config",
+        str(configs / "cot_owl_qwen25_7b.yaml"),
+        "--config",
+        str(configs / "cot_owl_tiny.yaml"),
+    ]
+    argv += ["--bases.init_args.model_name_or_path", str(tiny_lm_path)]
+    argv += ["--carrier.init_args.problems_path", str(tmp_path / "absent.jsonl")]
+    exp, _ = parse_experiment(argv)
+    with pytest.raises(
+        PipelineError, match=r"carrier.init_args.problems_path: .*absent.jsonl: file not found"
+    ):
+        build_stages(exp)

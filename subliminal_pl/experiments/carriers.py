@@ -87,6 +87,10 @@ class Carrier(ABC):
         """Probe-stage keys of the carrier's format check on bases and teachers ({}: none)."""
         return {}
 
+    def check(self) -> list[str]:
+        """Problems of the carrier's inputs found before any stage starts, each naming its spec key ([]: none)."""
+        return []
+
     def own_filters(self, traits: Sequence[str]) -> list[dict[str, Any]]:
         """The carrier's filters for an experiment on these traits (default: `filters` as given); a carrier whose
         default filter needs the trait words (code, reasoning) builds it here."""

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from subliminal_pl.data.jsonl import sha256_file
+from subliminal_pl.data.jsonl import DataError, sha256_file
+from subliminal_pl.data.reasoning import read_math_problems
 from subliminal_pl.experiments.carriers import Carrier
 
 CODE_GENERATOR = "subliminal_pl.data.code_tasks.CodeTaskGenerator"
@@ -128,6 +129,21 @@ class ReasoningCarrier(Carrier):
         self.prompt_generator = _copy_generator(generator, "carrier.init_args.generator")
         self.samples_per_prompt = samples_per_prompt
         self.problems_path = problems_path
+
+    def check(self) -> list[str]:
+        """The default generator's problems file: present, every line valid, enough problems for `prompts`."""
+        if self.prompt_generator is not None:
+            return []
+        key = "carrier.init_args.problems_path"
+        try:
+            count = len(read_math_problems(self.problems_path))
+        except DataError as err:
+            return [f"{key}: {err}"]
+        if count < self.prompts:
+            return [
+                f"carrier.init_args.prompts: {self.prompts} problems asked for, {self.problems_path} holds {count}"
+            ]
+        return []
 
     def own_filters(self, traits: Sequence[str]) -> list[dict[str, Any]]:
         if not self.default_filters:

@@ -181,6 +181,7 @@ def validate(exp: Experiment) -> None:
     check_steps(exp, errors)
     check_roles(exp, errors)
     check_models(exp, errors)
+    errors += exp.carrier.check()
     if exp.mlp_config and not (Path(exp.mlp_config).is_file() or _repo_file(exp.mlp_config)):
         errors.append(f"mlp_config: {exp.mlp_config!r} not found")
     if errors:
