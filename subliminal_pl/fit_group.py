@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -67,6 +68,13 @@ def fit_group(folders: list[Path], fit: Callable[[Path], None], echo=print) -> l
             echo(f"[group {index}/{len(folders)}] {folder.name}: finished before, skipped")
             states.append("cached")
             continue
+        # What an interrupted attempt at this member left (no done marker) is not reused.
+        for name in KEEP:
+            stale = folder / name
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
         echo(f"[group {index}/{len(folders)}] {folder.name}: fit --config {folder / RECIPE}")
         start, cpu = time.perf_counter(), _cpu_seconds()
         fit(folder / RECIPE)

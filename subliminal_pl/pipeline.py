@@ -8,6 +8,10 @@ skips done stages, so an interrupted run resumes at the first unfinished one and
 the stages it affects. An unfinished stage starts again from an empty folder, except for the paths it declares in
 `keep`: commands that resume by themselves (teacher generation appends rows) find their partial output there.
 
+Stages that share a `batch` key and are ready at the same time run as one job: one process runs the stages'
+`batch_command` followed by their folders (the students of one teacher and start, trained one after another by
+`subliminal-pl fit-group`); each member is then marked done as if it had run alone.
+
 In commands and files, `{{dir}}` stands for the stage's own folder and `{{dir:NAME}}` for the folder of stage
 NAME (which must be among its needs).
 
@@ -201,7 +205,8 @@ class Pipeline:
         """Run stages that share a batch key as one command, `batch_command` + their folders; mark each done.
 
         The batch's output goes to the first member's log and is copied to the others'. Its wall and CPU time
-        are shared out evenly in each member's record. Returns (wall, CPU) seconds of the whole batch.
+        are shared out evenly in each member's record (`batch` names the members). Returns (wall, CPU) seconds
+        of the whole batch.
         """
         stages = [self.by_name[name] for name in names]
         folders = [self._prepare(stage) for stage in stages]
@@ -209,8 +214,7 @@ class Pipeline:
         command = [self.resolve(arg, stages[0]) for arg in stages[0].batch_command] + [
             str(f) for f in folders
         ]
-        label = f"batch {stages[0].batch} ({len(names)} stages: {', '.join(names)})"
-        self._say(f"{position} {label}: {shell_line(command)}")
+        self._say(f"{position} batch {stages[0].batch} ({', '.join(names)}): {shell_line(command)}")
         start = time.perf_counter()
         code, cpu = self._run_command(names[0], command, log_path)
         text = log_path.read_text(encoding="utf-8", errors="replace")
@@ -224,7 +228,10 @@ class Pipeline:
         seconds = time.perf_counter() - start
         for name in names:
             self._mark_done(name, [command], seconds / len(names), cpu / len(names), batch=names)
-        self._say(f"{position} {label}: done in {seconds:.1f} s (CPU {cpu:.1f} s)")
+            self._say(
+                f"{position} {name}: done in {seconds / len(names):.1f} s (CPU {cpu / len(names):.1f} s; "
+                f"a share of batch {stages[0].batch})"
+            )
         return seconds, cpu
 
     def _mark_done(
