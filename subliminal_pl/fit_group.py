@@ -53,6 +53,18 @@ def is_finished(folder: Path) -> bool:
     return record.get("recipe_sha256") == recipe_sha256(folder)
 
 
+def _release_memory() -> None:
+    """Free what the finished member's trainer, models and optimiser held before the next one loads its own."""
+    import gc
+
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def fit_group(folders: list[Path], fit: Callable[[Path], None], echo=print) -> list[str]:
     """Fit every member not yet finished, in order; returns "cached" or "ran" per member.
 
@@ -78,6 +90,7 @@ def fit_group(folders: list[Path], fit: Callable[[Path], None], echo=print) -> l
         echo(f"[group {index}/{len(folders)}] {folder.name}: fit --config {folder / RECIPE}")
         start, cpu = time.perf_counter(), _cpu_seconds()
         fit(folder / RECIPE)
+        _release_memory()
         record = {
             "recipe_sha256": recipe_sha256(folder),
             "seconds": round(time.perf_counter() - start, 2),
