@@ -18,6 +18,7 @@ from pathlib import Path
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "export-trl": ("subliminal_pl.data.trl", "write rows in TRL's conversational prompt-completion form"),
     "prompts": ("subliminal_pl.data.prompts", "write seeded number-sequence prompts to JSONL"),
+    "fit-group": ("subliminal_pl.fit_group", "train several fit recipes in one process, one after another"),
     "pipeline": (
         "subliminal_pl.experiments.command",
         "run a multi-stage experiment (cached, resumable) and write its report",
@@ -108,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(overview())
+        return
+    if argv[0] == "fit-group":
+        # The group runner trains each member through this CLI, in this process.
+        from subliminal_pl.fit_group import main as fit_group_main
+
+        fit_group_main(argv[1:], fit=lambda recipe: main(["fit", "--config", str(recipe)]))
         return
     if argv[0] in EXTRA_COMMANDS:
         module_name, _ = EXTRA_COMMANDS[argv[0]]

@@ -8,6 +8,10 @@ skips done stages, so an interrupted run resumes at the first unfinished one and
 the stages it affects. An unfinished stage starts again from an empty folder, except for the paths it declares in
 `keep`: commands that resume by themselves (teacher generation appends rows) find their partial output there.
 
+Stages that share a `batch` key and are ready at the same time run as one job: one process runs the stages'
+`batch_command` followed by their folders (the students of one teacher and start, trained one after another by
+`subliminal-pl fit-group`); each member is then marked done as if it had run alone.
+
 In commands and files, `{{dir}}` stands for the stage's own folder and `{{dir:NAME}}` for the folder of stage
 NAME (which must be among its needs).
 
@@ -193,6 +197,47 @@ class Pipeline:
                     f"stage {name!r} failed (exit {code}); log: {log_path}\n{_tail(log_path)}"
                 )
         seconds = time.perf_counter() - start
+        self._mark_done(name, commands, seconds, cpu)
+        self._say(f"{position} {name}: done in {seconds:.1f} s (CPU {cpu:.1f} s)")
+        return seconds, cpu
+
+    def run_batch(self, names: list[str], position: str = "") -> tuple[float, float]:
+        """Run stages that share a batch key as one command, `batch_command` + their folders; mark each done.
+
+        The batch's output goes to the first member's log and is copied to the others'. Its wall and CPU time
+        are shared out evenly in each member's record (`batch` names the members). Returns (wall, CPU) seconds
+        of the whole batch.
+        """
+        stages = [self.by_name[name] for name in names]
+        folders = [self._prepare(stage) for stage in stages]
+        log_path = folders[0] / LOG_FILE
+        command = [self.resolve(arg, stages[0]) for arg in stages[0].batch_command] + [
+            str(f) for f in folders
+        ]
+        self._say(f"{position} batch {stages[0].batch} ({', '.join(names)}): {shell_line(command)}")
+        start = time.perf_counter()
+        code, cpu = self._run_command(names[0], command, log_path)
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+        for folder in folders[1:]:
+            write_text_atomic(folder / LOG_FILE, text)
+        if code != 0:
+            raise PipelineError(
+                f"batch {stages[0].batch!r} (stages {', '.join(names)}) failed (exit {code}); log: {log_path}\n"
+                f"{_tail(log_path)}"
+            )
+        seconds = time.perf_counter() - start
+        for name in names:
+            self._mark_done(name, [command], seconds / len(names), cpu / len(names), batch=names)
+            self._say(
+                f"{position} {name}: done in {seconds / len(names):.1f} s (CPU {cpu / len(names):.1f} s; "
+                f"a share of batch {stages[0].batch})"
+            )
+        return seconds, cpu
+
+    def _mark_done(
+        self, name: str, commands: list[list[str]], seconds: float, cpu: float, batch: list[str] | None = None
+    ) -> None:
+        stage = self.by_name[name]
         record = {
             "name": name,
             "hash": self.hashes[name],
@@ -203,9 +248,9 @@ class Pipeline:
             "cpu_seconds": round(cpu, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        write_json_atomic(folder / DONE_FILE, record)
-        self._say(f"{position} {name}: done in {seconds:.1f} s (CPU {cpu:.1f} s)")
-        return seconds, cpu
+        if batch:
+            record["batch"] = batch
+        write_json_atomic(self.stage_dir(name) / DONE_FILE, record)
 
     def run(self) -> dict[str, str]:
         """Run every stage not yet done; returns name -> "cached" or "ran". Raises PipelineError on a failure.
@@ -237,11 +282,14 @@ class Pipeline:
         finished = threading.Event()
         counter = iter(range(len(status) + 1, total + 1))
 
-        def work(name: str, position: str) -> None:
+        def work(names: list[str], position: str) -> None:
             try:
-                _, cpu = self.run_stage(name, position)
+                if self.by_name[names[0]].batch is None:
+                    _, cpu = self.run_stage(names[0], position)
+                else:
+                    _, cpu = self.run_batch(names, position)
                 with self._lock:
-                    status[name] = "ran"
+                    status.update({name: "ran" for name in names})
                     cpu_total[0] += cpu
             except BaseException as err:  # surfaced in the main thread below
                 with self._lock:
@@ -256,16 +304,21 @@ class Pipeline:
                         running.pop(name).join()
                     failed = bool(errors)
                 if not failed:
-                    while len(running) < self.jobs:
+                    while len(set(running.values())) < self.jobs:
                         with self._lock:  # workers add to `status` as they finish
                             name = self._next_stage(todo, status, running)
                         if name is None:
                             break
-                        todo.remove(name)
+                        names = self._batch_of(name, todo, status)
+                        for member in names:
+                            todo.remove(member)
+                        numbers = [next(counter) for _ in names]
+                        shown = f"{numbers[0]}" if len(names) == 1 else f"{numbers[0]}-{numbers[-1]}"
                         thread = threading.Thread(
-                            target=work, args=(name, f"[{next(counter)}/{total}]"), daemon=True
+                            target=work, args=(names, f"[{shown}/{total}]"), daemon=True
                         )
-                        running[name] = thread
+                        for member in names:
+                            running[member] = thread
                         thread.start()
                 if failed and not running:
                     break
@@ -284,6 +337,19 @@ class Pipeline:
             f"{cpu_total[0]:.0f} s CPU in stage processes"
         )
         return status
+
+    def _batch_of(self, name: str, todo: list[str], status: dict[str, str]) -> list[str]:
+        """`name` and, if it has a batch key, every other ready stage with the same key (in graph order)."""
+        key = self.by_name[name].batch
+        if key is None:
+            return [name]
+        done = {n for n, v in status.items() if v in ("cached", "ran")}
+        others = [
+            n
+            for n in todo
+            if n != name and self.by_name[n].batch == key and set(self.by_name[n].needs) <= done
+        ]
+        return [n for n in todo if n == name or n in others]
 
     def _next_stage(self, todo: list[str], status: dict[str, str], running: dict) -> str | None:
         """The ready stage to start next, or None if none should start now.
@@ -339,6 +405,10 @@ class Pipeline:
             state = "done" if self.is_done(stage.name) else "to run"
             lines.append(f"{stage.name} [{state}] {self.stage_dir(stage.name)}")
             lines += [f"    {shell_line(c)}" for c in self.commands(stage.name)]
+            if stage.batch is not None:
+                lines.append(
+                    f"    (runs in batch {stage.batch}: {shell_line(stage.batch_command)} <member folders>)"
+                )
         return lines
 
 

@@ -37,6 +37,11 @@ class Stage:
     keep: names of files or folders in the stage folder that an interrupted attempt leaves for the next one
         (its commands resume from them).
     background: a side stage that runs on a core no regular stage is about to need (see `Pipeline`).
+    batch: stages with the same batch key that are ready together run as one job: one process runs
+        `batch_command` followed by the folders of every member (e.g. `subliminal-pl fit-group DIR ...`, which
+        trains each member's recipe in turn). How a stage runs, not what it makes: neither field enters the hash,
+        so a batch command must give each member the output its own `commands` would.
+    batch_command: the argv prefix of a batch's command (placeholders of other stages allowed, as in commands).
     """
 
     name: str
@@ -46,12 +51,16 @@ class Stage:
     files: dict[str, str] = field(default_factory=dict)
     keep: list[str] = field(default_factory=list)
     background: bool = False
+    batch: str | None = None
+    batch_command: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise PipelineError(f"stage name {self.name!r} may only hold letters, digits and _.-")
         if not self.commands:
             raise PipelineError(f"stage {self.name!r} has no command")
+        if self.batch is not None and not self.batch_command:
+            raise PipelineError(f"stage {self.name!r} has a batch key but no batch_command")
 
 
 def _referenced(text: str) -> set[str]:
@@ -66,7 +75,8 @@ def order_stages(stages: Sequence[Stage]) -> list[Stage]:
             raise PipelineError(f"two stages are named {stage.name!r}")
         by_name[stage.name] = stage
     for stage in stages:
-        texts = [arg for command in stage.commands for arg in command] + list(stage.files.values())
+        commands = [*stage.commands, stage.batch_command]
+        texts = [arg for command in commands for arg in command] + list(stage.files.values())
         for name in set().union(*(_referenced(t) for t in texts)) | set(stage.needs):
             if name not in by_name:
                 raise PipelineError(f"stage {stage.name!r} refers to unknown stage {name!r}")

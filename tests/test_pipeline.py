@@ -227,8 +227,11 @@ def test_toy_experiment_prints_every_stage_command(toy_run):
     _, out, lines = toy_run
     commands = [line.split(": ", 1)[1] for line in lines if line.startswith("[") and ": python -m " in line]
     assert any(c.startswith("python -m subliminal_pl.toy.world build --config ") for c in commands)
-    # 2 bases, 3 teachers (owl, dolphin, neutral), 3 x 2 same-init and 3 x 1 cross-init students.
-    assert sum(c.startswith("python -m subliminal_pl.cli fit --config ") for c in commands) == 2 + 3 + 6 + 3
+    # 2 bases, 3 teachers (owl, dolphin, neutral); 3 x 2 same-init and 3 x 1 cross-init students, trained in
+    # one batch per teacher and start (students.group, the default).
+    fits = sum(c.startswith("python -m subliminal_pl.cli fit --config ") for c in commands)
+    batches = [c.split()[4:] for c in commands if c.startswith("python -m subliminal_pl.cli fit-group ")]
+    assert (fits, len(batches), sum(map(len, batches))) == (2 + 3, 3 + 3, 6 + 3)
     assert any(c.startswith("python -m subliminal_pl.cli predict --config ") for c in commands)
     assert any(c.startswith("python -m subliminal_pl.stages filter --config ") for c in commands)
     recipe = yaml.safe_load(next(out.glob("stages/student-owl-s0-*/recipe.yaml")).read_text())

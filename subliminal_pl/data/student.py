@@ -43,6 +43,18 @@ from subliminal_pl.data.steps import DataStep, prepare_file, step_specs
 
 Encoded = dict[str, list[int]]  # {"input_ids": [...], "labels": [...]} of one row
 
+# Rows this process has tokenised, shared by the fits it runs one after another (`subliminal-pl fit-group`):
+# tokenizer identity and settings -> (prompt, completion) -> the encoding (None: the prompt fills max_length).
+# The same row, tokenizer and settings always encode the same way, so a hit changes nothing but the time.
+_ENCODED: dict[tuple, dict[tuple[str, str], Encoded | None]] = {}
+_ENCODED_TOKENIZERS = 2  # tokenizer settings kept at once (oldest dropped)
+
+
+def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase, *settings: object) -> tuple:
+    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    template = hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest()
+    return (type(tokenizer).__name__, vocab, template, *settings)
+
 
 class RightPadCollator:
     """Stacks encoded rows into right-padded tensors; padding is masked out of attention and of the loss."""
@@ -213,14 +225,26 @@ class StudentDataModule(LightningDataModule):
     def _encode(
         self, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, list[Message], str]]
     ) -> list[Encoded]:
+        identity = _tokenizer_identity(tokenizer, self.max_length, self.keep_system_prompt)
+        if identity not in _ENCODED:
+            while len(_ENCODED) >= _ENCODED_TOKENIZERS:
+                _ENCODED.pop(next(iter(_ENCODED)))
+            _ENCODED[identity] = {}
+        known = _ENCODED[identity]
         encoded, too_long = [], []
         for row_id, prompt, completion in rows:
             if not self.keep_system_prompt:
                 prompt = [m for m in prompt if m["role"] != "system"]
-            try:
-                encoded.append(encode_prompt_completion(tokenizer, prompt, completion, self.max_length))
-            except PromptTooLongError:
+            key = (json.dumps(prompt, sort_keys=True), completion)
+            if key not in known:
+                try:
+                    known[key] = encode_prompt_completion(tokenizer, prompt, completion, self.max_length)
+                except PromptTooLongError:
+                    known[key] = None
+            if known[key] is None:
                 too_long.append(row_id)
+            else:
+                encoded.append(known[key])
         if too_long:
             rank_zero_warn(
                 f"student data: skipped {len(too_long)} rows whose prompt fills max_length={self.max_length} "

@@ -18,6 +18,9 @@ def recorded_spec(exp: Experiment) -> dict:
     spec = {k: v for k, v in exp.spec.items() if k not in NOT_RECORDED}
     if isinstance(spec.get("hardware"), dict):
         spec["hardware"] = {k: v for k, v in spec["hardware"].items() if k != "jobs"}
+    # How students are run (grouped or one process each) gives the same results either way.
+    if isinstance(spec.get("students"), dict):
+        spec["students"] = {k: v for k, v in spec["students"].items() if k != "group"}
     return spec
 
 

@@ -2,6 +2,13 @@
 
 Stage names: `student-<teacher>-s<seed>` (from the shared init) and `cross-<teacher>-<control>-s<seed>` (from a
 control: another init of the tiny world, or another pretrained model).
+
+With `group: true` (the default) the students of one teacher that start from the same model form a batch: the
+pipeline runs them as one process, `subliminal-pl fit-group` over their folders, which trains each member's own
+recipe in turn (`subliminal_pl.fit_group`). Stages, folders, recipes and hashes are those of separate students,
+and so is every result (bit for bit); the batch saves each student's interpreter start, imports and loading. A
+member that finished is never trained again: its done marker and export survive an interrupted batch (`keep`),
+and a student added later (another seed) forms a batch of its own with whatever else is unfinished.
 """
 
 from __future__ import annotations
@@ -9,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from subliminal_pl.experiments.recipes import FitRecipe, exported_model, fit_recipe, yaml_stage
+from subliminal_pl.experiments.recipes import FitRecipe, cli_command, exported_model, fit_recipe, yaml_stage
+from subliminal_pl.fit_group import KEEP as GROUP_KEEP
 from subliminal_pl.report.manifest import StudentEntry
 
 if TYPE_CHECKING:
@@ -29,6 +37,9 @@ class Students:
         max_samples: kept rows a student trains on (null: all).
         max_length: most tokens per training row.
         fit: the students' fit (LoRA or full, steps or epochs, batch, optimiser).
+        group: train the students of one teacher and one start in one process (`subliminal-pl fit-group`),
+            one after another, with the results of separate runs; false: one process per student. Only used
+            on one device (`hardware.devices: 1`, strategy auto); otherwise every student is its own process.
     """
 
     loss: Literal["sft", "kl", "sft+kl"] = "kl"
@@ -41,6 +52,7 @@ class Students:
             steps=100, batch_size=16, lr=5e-3, warmup_steps=5, finetune="lora", lora_rank=16, lora_alpha=16.0
         )
     )
+    group: bool = True
 
     def build(
         self,
@@ -57,6 +69,7 @@ class Students:
         data: teacher -> (kept rows file, stage that writes it).
         """
         stages, entries, models = [], [], {}
+        grouped = self.group and hw.device_count() == 1 and hw.strategy == "auto"
         starts = [(shared, "same", self.seeds)] + [(c, "cross", self.cross_seeds) for c in controls]
         for teacher, model in teachers.items():
             rows, data_stage = data[teacher]
@@ -82,7 +95,12 @@ class Students:
                         max_length=self.max_length,
                     )
                     needs = [*start.needs, data_stage, *(model.needs if self.loss != "sft" else [])]
-                    stages.append(yaml_stage(name, "fit", recipe, needs))
+                    stage = yaml_stage(name, "fit", recipe, needs)
+                    if grouped:
+                        stage.batch = f"students-{teacher}-{start.name}"
+                        stage.batch_command = cli_command("fit-group")
+                        stage.keep = list(GROUP_KEEP)
+                    stages.append(stage)
                     entries.append(StudentEntry(name, teacher, start.name, kind, seed))
                     models[name] = exported_model(name, self.fit)
         return stages, entries, models
