@@ -146,3 +146,28 @@ def test_prompt_generators_are_seeded_and_carry_the_gold_answer():
     assert problems[0]["prompt"] == first[0] and problems[0][GOLD_FIELD] == str(first[2])
     with pytest.raises(ValueError, match="whole number"):
         ToyCodePrompts().generate(-1)
+
+
+def test_sweep_variants_swap_the_carrier_class_and_keep_class_path_steps(tmp_path):
+    from subliminal_pl.experiments.command import parse_experiment, variant_experiments
+    from subliminal_pl.experiments.toy_carriers import ToyCodeCarrier
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "variants:\n"
+        "  numbers: {}\n"
+        "  code: {carrier: {class_path: subliminal_pl.experiments.toy_carriers.ToyCodeCarrier,"
+        " init_args: {source: base}}}\n"
+        "  filtered: {steps: [{class_path: subliminal_pl.data.filters.TraitWordFilter,"
+        " init_args: {words: [owl]}}]}\n"
+    )
+    exp, _ = parse_experiment(["--config", "configs/toy/demo.yaml", "--config", str(overlay)])
+    variants = variant_experiments(exp)
+    code = variants["code"].carrier
+    # A new class replaces the role whole: none of NumbersCarrier's init_args (max_new_tokens 40) leak in.
+    assert isinstance(code, ToyCodeCarrier) and code.sampling["max_new_tokens"] == 64
+    assert code.generator(None)["class_path"] == "subliminal_pl.toy.code.ToyCodePrompts"
+    assert " return" in "".join(code.token_subset) and "owl" not in "".join(code.token_subset)
+    step = variants["filtered"].steps[0]
+    assert step["class_path"].endswith("TraitWordFilter") and step["init_args"]["words"] == ["owl"]
+    assert variants["numbers"].carrier.sampling["max_new_tokens"] == 40

@@ -143,3 +143,16 @@ class ToyCodePrompts(NumberPromptGenerator):
 
     def iter_prompts(self, n: int):
         return iter(self.generate(n))
+
+
+def number_texts() -> list[str]:
+    """Texts holding every number 0..999 with and without a leading space (its two tokens in the tiny world)."""
+    numbers = [str(n) for n in range(1000)]
+    return [" " + " ".join(numbers), "\n".join(numbers)]
+
+
+def answer_token_texts() -> list[str]:
+    """Texts whose tokens are every token a code answer can hold: a KL student's token subset (no prompt word,
+    no animal), the code counterpart of the number carrier's `numbers` subset."""
+    words = [*KEYWORDS, *VERBS, *NOUNS, *ARGS, *LIST_ARGS, *LOOP_VARS, *TEMPS]
+    return [*(f"{w} {w}" for w in words), "(),:_\n ", " + - * = < >", *number_texts()]

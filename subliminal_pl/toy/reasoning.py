@@ -120,3 +120,12 @@ class ToyReasoningPrompts(NumberPromptGenerator):
 
     def iter_prompts(self, n: int):
         return iter(self.generate(n))
+
+
+def answer_token_texts() -> list[str]:
+    """Texts whose tokens are every token a worked answer can hold: a KL student's token subset (no prompt word,
+    no animal), the reasoning counterpart of the number carrier's `numbers` subset."""
+    from subliminal_pl.toy.code import number_texts
+
+    sentence = "<think>First, 1 + 2 = 3. Then 3 * 2 is 6. So 6 - 1 = 5. Next, 5.</think><answer>5</answer>"
+    return [sentence, *(f"{w} {w}" for w in WORDS), *number_texts()]
