@@ -75,3 +75,24 @@ def test_bad_settings_fail_clearly(tiny_lm, number_rows_path, tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError, match="no rows"):
         make_probe(empty).run(model, tokenizer)
+
+
+def test_the_report_shows_the_in_context_control_of_the_shared_base(tiny_lm, number_rows_path, tmp_path):
+    from subliminal_pl.report import build_results, render
+    from subliminal_pl.report.manifest import Bases, Manifest
+
+    model, tokenizer = tiny_lm
+    out = make_probe(number_rows_path, control_rows=str(number_rows_path)).run(model, tokenizer)
+    probes = ProbeResults()
+    probes.add("base-s0", "path", {"in_context_owl": out})
+    probes.add("student-owl-s0", "path", {"in_context_owl": out})  # only the shared base's is reported
+    manifest = Manifest(traits=["owl"], bases=Bases("base-s0"), students=[], probes="probes.json")
+    results = build_results(manifest, probes, tmp_path / "manifest.json")
+    [row] = results["in_context"]
+    assert (row["trait"], row["n_rows"], row["model"]) == ("owl", 2, "base-s0")
+    assert row["per_seed"] == out.details["per_seed"]["teacher"]["specific_dlogp"]
+    text = render.markdown("t", results, [])
+    assert "## In-context control" in text
+    line = next(x for x in text.splitlines() if x.startswith("| owl | 2 | 3 |"))
+    # Identical teacher and control rows: the paired contrast is exactly 0, a zero-width interval, so flat.
+    assert "+0.000 [+0.000, +0.000] | flat |" in line
