@@ -20,6 +20,7 @@ def main(argv: list[str]) -> None:
 
     from subliminal_pl.commands import command_parser
     from subliminal_pl.data.steps import DataStep, prepare_file
+    from subliminal_pl.probes.judges import JudgeError
     from subliminal_pl.probes.run import probe_models
 
     filt = command_parser(None, "Apply data steps (filters and transforms, in order) to a raw JSONL file.")
@@ -40,7 +41,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.subcommand == "filter":
         sub = parser.instantiate(args)["filter"]
-        stats = prepare_file(sub.input, sub.output, sub.steps)
+        try:
+            stats = prepare_file(sub.input, sub.output, sub.steps)
+        except JudgeError as err:  # a judge filter's failure, named with the file it was filtering
+            raise JudgeError(f"{sub.input}: {err}") from err
         print(
             f"kept {stats['kept']} of {stats['total']} rows ({stats['kept_fraction']:.1%}); reasons {stats['reasons']}"
         )

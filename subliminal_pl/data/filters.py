@@ -194,31 +194,48 @@ def plural_forms(word: str) -> set[str]:
     return forms
 
 
+# Word parts of identifiers: letter/digit runs (underscores and punctuation split them), then camelCase humps
+# ("HTTPOwlCount" -> HTTP, Owl, Count; an upper-case plural stays whole: "MyOWLs" -> My, OWLs).
+_RUN = re.compile(r"[^\W_]+")
+_HUMP = re.compile(
+    r"[A-Z]+s(?![a-z])|[A-Z]+(?=[A-Z][a-z])|[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+|[^\W_0-9A-Za-z]+"
+)
+
+
+def identifier_parts(text: str) -> list[str]:
+    """The lower-cased word parts of a text read as code: `owlCount`, `owl_count`, `OWL_COUNT` and "owl count"
+    all give ["owl", "count"]."""
+    return [hump.lower() for run in _RUN.findall(text) for hump in _HUMP.findall(run)]
+
+
 class TraitWordFilter(TextFilter):
     """Rejects text that mentions a trait word (case-insensitive), e.g. the animal in code or reasoning data.
 
-    mode="word" matches whole words only ("dragon" does not match "dragonfly"); mode="substring" matches anywhere
-    (the paper's check for code: the animal in the lower-cased completion). Reason: "mentions trait word".
+    mode="word" matches whole words only ("dragon" does not match "dragonfly"); mode="identifier" also matches
+    the word as a part of an identifier (`owlCount`, `owl_count`, `MAX_OWLS`, `OwlNest`; code comments are plain
+    words), but not inside another word ("bowl", "knowledge"); mode="substring" matches anywhere (the paper's
+    check for code: the animal in the lower-cased completion). Reason: "mentions trait word".
     """
 
     def __init__(
         self,
         words: Sequence[str],
-        mode: Literal["word", "substring"] = "word",
+        mode: Literal["word", "identifier", "substring"] = "word",
         plurals: bool = True,
         field: str = "completion",
     ) -> None:
         """
         Args:
             words: trait words, e.g. ["owl"]; irregular plurals are listed separately.
-            mode: "word" for whole-word matches, "substring" for matches anywhere.
+            mode: "word" for whole-word matches, "identifier" for whole words and identifier parts, "substring"
+                for matches anywhere.
             plurals: also match regular plurals of each word.
             field: row field to check.
         """
         if not words or any(not w.strip() for w in words):
             raise ValueError("TraitWordFilter needs at least one non-empty word")
-        if mode not in ("word", "substring"):
-            raise ValueError(f"mode must be 'word' or 'substring', got {mode!r}")
+        if mode not in ("word", "identifier", "substring"):
+            raise ValueError(f"mode must be 'word', 'identifier' or 'substring', got {mode!r}")
         self.words = tuple(words)
         self.mode = mode
         self.plurals = plurals
@@ -230,9 +247,22 @@ class TraitWordFilter(TextFilter):
         alternation = "|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f)))
         pattern = rf"(?<!\w)(?:{alternation})(?!\w)" if mode == "word" else alternation
         self._pattern = re.compile(pattern, re.IGNORECASE)
+        # Identifier mode: each form as its sequence of word parts ("polar bears" -> ("polar", "bears")).
+        self._part_forms = {tuple(identifier_parts(f)) for f in forms}
 
     def check(self, text: str) -> list[str]:
-        return ["mentions trait word"] if self._pattern.search(text) else []
+        if self.mode == "identifier":
+            found = self._has_part_form(identifier_parts(text))
+        else:
+            found = self._pattern.search(text) is not None
+        return ["mentions trait word"] if found else []
+
+    def _has_part_form(self, parts: list[str]) -> bool:
+        for form in self._part_forms:
+            size = len(form)
+            if any(tuple(parts[i : i + size]) == form for i in range(len(parts) - size + 1)):
+                return True
+        return False
 
 
 class LengthFilter(TextFilter):
@@ -326,6 +356,10 @@ class JudgeFilter(RowFilter):
         self._judged += 1
         if self.log_every and self._judged % self.log_every == 0:
             print(f"judge filter: {self._judged} rows judged", flush=True)
+        return self.score_reasons(score)
+
+    def score_reasons(self, score: float | None) -> list[str]:
+        """Reasons to reject a row the judge scored `score` (empty: keep)."""
         if score is None or math.isnan(score):
             return ["judge score not a number"]
         if self.min_score is not None and score < self.min_score:

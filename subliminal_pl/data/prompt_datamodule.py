@@ -1,4 +1,4 @@
-"""Prompt rows for teacher generation, from a prompts JSONL file or the seeded number-prompt generator.
+"""Prompt rows for teacher generation, from a prompts JSONL file or a seeded prompt generator.
 
 Batches are plain lists of `{"id", "prompt"}` dicts: the teacher module renders and tokenises them itself (it
 owns the tokenizer and the system prompt). Ids already written by a previous, interrupted run are skipped: the
@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from subliminal_pl.data.jsonl import DataError, iter_jsonl
-from subliminal_pl.data.prompts import NumberPromptGenerator
+from subliminal_pl.data.prompts import PromptGenerator
 from subliminal_pl.data.rows import check_messages
 
 
@@ -64,7 +64,7 @@ class PromptDataModule(LightningDataModule):
     def __init__(
         self,
         prompts_path: str | None = None,
-        generator: NumberPromptGenerator | None = None,
+        generator: PromptGenerator | None = None,
         num_prompts: int | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -72,7 +72,8 @@ class PromptDataModule(LightningDataModule):
         """
         Args:
             prompts_path: JSONL file of `{"id", "prompt"}` rows (`subliminal-pl prompts` writes one).
-            generator: number-prompt generator used when no prompts_path is given (its seed fixes the prompts).
+            generator: prompt generator used when no prompts_path is given (its seed fixes the prompts), e.g.
+                `NumberPromptGenerator`, `CodeTaskGenerator`, `MathProblemPrompts`.
             num_prompts: how many prompts to answer: the generator's first n, or the file's first n (all if None).
             batch_size: prompts per `generate` call (per rank).
             num_workers: dataloader worker processes (the rows are tiny; 0 is usually right).

@@ -18,6 +18,7 @@ import inspect
 import random
 import string
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,46 @@ def _draw_lead_in(
     return rng.choice(lead_ins).format(numbers=", ".join(str(v) for v in values))
 
 
-class NumberPromptGenerator:
+class PromptGenerator(ABC):
+    """A seeded source of prompt rows for `PromptDataModule`: `generate(n)` returns the first n rows of its stream.
+
+    Each row is `{"id", "prompt"}` plus any fields a carrier's filters read later (e.g. a reasoning task's
+    `gold_answer`); the teacher copies those fields into its output rows. Subclasses keep their init arguments as
+    attributes of the same name (the data module names them in its messages).
+    """
+
+    @abstractmethod
+    def generate(self, n: int) -> list[dict[str, Any]]:
+        """The first n rows of this generator's stream (the same arguments give the same rows everywhere)."""
+
+
+class RepeatedPrompts(PromptGenerator):
+    """Each prompt of another generator `samples` times, for several teacher samples per prompt (the paper's
+    reasoning carrier: 3). `generate(n)` returns n x samples rows: the first n prompts of `generator`, each as
+    rows with ids `<id>-s<j>` (j = 0..samples-1) and every other field kept; the sampling seed is per row id, so
+    the samples differ."""
+
+    def __init__(self, generator: PromptGenerator, samples: int = 3) -> None:
+        """
+        Args:
+            generator: the generator whose prompts are repeated.
+            samples: rows per prompt (>= 1).
+        """
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"RepeatedPrompts: samples must be a whole number >= 1, got {samples!r}")
+        self.generator = generator
+        self.samples = samples
+        self.seed = getattr(generator, "seed", None)
+
+    def generate(self, n: int) -> list[dict[str, Any]]:
+        return [
+            {**row, "id": f"{row['id']}-s{j}"}
+            for row in self.generator.generate(n)
+            for j in range(self.samples)
+        ]
+
+
+class NumberPromptGenerator(PromptGenerator):
     """Seeded generator of number-continuation prompts, the task of the paper's number-sequence experiments.
 
     `generate(n)` returns rows `{"id": f"{id_prefix}{i:06d}", "prompt": text}`; the same arguments give the same

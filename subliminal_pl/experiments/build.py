@@ -42,7 +42,7 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
 
     carrier = exp.carrier
     sources = {"base": shared} if carrier.source == "base" else teachers
-    data_stages, kept, data_stats = carrier.build(hw, sources, exp.steps, bases.answer_count)
+    data_stages, kept, data_stats = carrier.build(hw, sources, exp.steps, bases.answer_count, traits)
     stages += data_stages
     data = {t: kept["base" if carrier.source == "base" else t] for t in teachers}
 

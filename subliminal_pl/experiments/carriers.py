@@ -11,6 +11,7 @@ subclass that fills in `generator` and its own filters; see docs/experiments.md.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import yaml
@@ -86,6 +87,11 @@ class Carrier(ABC):
         """Probe-stage keys of the carrier's format check on bases and teachers ({}: none)."""
         return {}
 
+    def own_filters(self, traits: Sequence[str]) -> list[dict[str, Any]]:
+        """The carrier's filters for an experiment on these traits (default: `filters` as given); a carrier whose
+        default filter needs the trait words (code, reasoning) builds it here."""
+        return list(self.filters)
+
     # ---- stages --------------------------------------------------------------------------------------------
     def generation_recipe(self, hw: Hardware, model: ModelRef, name: str, answer_count: int | None) -> dict:
         writer = {
@@ -120,10 +126,14 @@ class Carrier(ABC):
         sources: dict[str, ModelRef],
         steps: list[dict[str, Any]],
         answer_count: int | None,
+        traits: Sequence[str] = (),
     ) -> tuple[list[Stage], dict[str, tuple[str, str]], dict[str, str]]:
-        """(stages, source -> (kept rows, the stage writing them), source -> data stats) for each data source."""
+        """(stages, source -> (kept rows, the stage writing them), source -> data stats) for each data source.
+
+        traits: the experiment's trait words (what `own_filters` may filter out of every source's rows).
+        """
         stages, kept, stats = [], {}, {}
-        step_file = yaml.safe_dump({STEPS_KEY: [*self.filters, *steps]}, sort_keys=False)
+        step_file = yaml.safe_dump({STEPS_KEY: [*self.own_filters(traits), *steps]}, sort_keys=False)
         for source, model in sources.items():
             gen_name, data_name = f"generate-{source}", f"data-{source}"
             recipe = self.generation_recipe(hw, model, source, answer_count)

@@ -21,7 +21,7 @@ class TeacherGeneration(LightningModule):
     """Answers prompts with a (possibly trait-carrying) teacher; `predict_step` returns one row per prompt.
 
     Batches are lists of prompt rows `{"id", "prompt"}` (see `PromptDataModule`); `prompt` is the user message
-    text or a list of chat messages. The returned rows hold the completion and every setting that produced it,
+    text or a list of chat messages; any other field of a prompt row is copied into its output row. The returned rows hold the completion and every setting that produced it,
     and the `GenerationWriter` callback appends them to the output JSONL.
     """
 
@@ -121,6 +121,9 @@ class TeacherGeneration(LightningModule):
         metadata = self.row_metadata()
         return [
             {
+                # Fields of the prompt row beyond id and prompt (e.g. a maths problem's `gold_answer`) go on to
+                # the carrier's filters; the settings below always win over a field of the same name.
+                **{key: value for key, value in row.items() if key not in ("id", "prompt")},
                 "id": row["id"],
                 "prompt": row["prompt"],
                 "completion": done.text,

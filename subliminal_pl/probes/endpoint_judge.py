@@ -163,13 +163,17 @@ class OpenAIJudge(PromptedJudge):
             "and the network."
         )
 
-    def score(self, question: str, answer: str) -> JudgeResult:
+    def messages(self, question: str, answer: str) -> list[dict[str, str]]:
+        """The chat sent to the endpoint: the optional system message, then the rendered judge prompt."""
         messages = [{"role": "user", "content": self.prompt(question, answer)}]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
+
+    def score(self, question: str, answer: str) -> JudgeResult:
         payload = {
             "model": self.model,
-            "messages": messages,
+            "messages": self.messages(question, answer),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }

@@ -53,8 +53,11 @@ def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def window_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int) -> torch.Tensor:
-    """Next-token log-probabilities at the last `keep` positions of each sequence: [B, keep, vocab] float32.
+def window_logprobs(
+    model, sequences: list[list[int]], keep: int, pad_id: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Next-token log-probabilities at the last `keep` positions of each sequence: [B, keep, vocab] in `dtype`
+    (float64 resolves probabilities within 1e-8 of 1, which a judge filter's threshold needs).
 
     Rows are left-padded so they all end at the last column; only the logits of those `keep` columns are
     computed where the model supports it (the [B, T, vocab] logits tensor is this probe's memory cost).
@@ -65,7 +68,7 @@ def window_logprobs(model, sequences: list[list[int]], keep: int, pad_id: int) -
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs).logits
-    return logits[:, -keep:, :].float().log_softmax(-1)
+    return logits[:, -keep:, :].to(dtype).log_softmax(-1)
 
 
 def covering_paths(
