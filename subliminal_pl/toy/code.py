@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from subliminal_pl.data.prompts import NumberPromptGenerator
+from subliminal_pl.data.prompts import PromptGenerator
 
 VERBS = ("add", "bump", "scale", "shift", "clip", "count", "total", "pick", "keep", "step", "grow", "trim")
 NOUNS = ("value", "score", "level", "size", "point", "item", "result", "amount", "mark", "price")
@@ -120,12 +120,8 @@ def code_texts() -> list[str]:
     ]
 
 
-class ToyCodePrompts(NumberPromptGenerator):
-    """Seeded code-task prompts of the tiny world for `PromptDataModule` (rows `{"id", "prompt"}`).
-
-    It subclasses `NumberPromptGenerator` only because that is the generator type `PromptDataModule` takes; it
-    uses none of its number variants.
-    """
+class ToyCodePrompts(PromptGenerator):
+    """Seeded code-task prompts of the tiny world for `PromptDataModule` (rows `{"id", "prompt"}`)."""
 
     def __init__(self, seed: int = 0, id_prefix: str = "code-") -> None:
         """
@@ -133,16 +129,14 @@ class ToyCodePrompts(NumberPromptGenerator):
             seed: seed of the prompt stream (the same seed gives the same prompts everywhere).
             id_prefix: prefix of each row's id; the prompt index follows, zero-padded to six digits.
         """
-        super().__init__(seed=seed, id_prefix=id_prefix)
+        self.seed = seed
+        self.id_prefix = id_prefix
 
     def generate(self, n: int) -> list[dict[str, Any]]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"prompt count must be a whole number >= 0, got {n!r}")
         rng = random.Random(f"toy-code-prompts-{self.seed}")
         return [{"id": f"{self.id_prefix}{i:06d}", "prompt": draw_code_task(rng)[0]} for i in range(n)]
-
-    def iter_prompts(self, n: int):
-        return iter(self.generate(n))
 
 
 def number_texts() -> list[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from subliminal_pl.data.prompts import NumberPromptGenerator
+from subliminal_pl.data.prompts import PromptGenerator
 
 NAMES = ("Ann", "Ben", "Cara", "Dan", "Eve", "Finn", "Gina", "Hugo", "Ivy", "Jon", "Kim", "Leo")
 OBJECTS = ("apples", "pens", "books", "coins", "cards", "cups", "stones", "shells", "marbles", "stickers")
@@ -93,12 +93,8 @@ def reasoning_texts() -> list[str]:
     return [*NAMES, *OBJECTS, *CLOSINGS, *(text for text, _ in PROBLEMS), *WORDS]
 
 
-class ToyReasoningPrompts(NumberPromptGenerator):
-    """Seeded word-problem prompts of the tiny world for `PromptDataModule`: rows `{"id", "prompt", "gold_answer"}`.
-
-    It subclasses `NumberPromptGenerator` only because that is the generator type `PromptDataModule` takes; it
-    uses none of its number variants.
-    """
+class ToyReasoningPrompts(PromptGenerator):
+    """Seeded word-problem prompts of the tiny world for `PromptDataModule`: rows `{"id", "prompt", "gold_answer"}`."""
 
     def __init__(self, seed: int = 0, id_prefix: str = "reasoning-") -> None:
         """
@@ -106,7 +102,8 @@ class ToyReasoningPrompts(NumberPromptGenerator):
             seed: seed of the prompt stream (the same seed gives the same problems everywhere).
             id_prefix: prefix of each row's id; the prompt index follows, zero-padded to six digits.
         """
-        super().__init__(seed=seed, id_prefix=id_prefix)
+        self.seed = seed
+        self.id_prefix = id_prefix
 
     def generate(self, n: int) -> list[dict[str, Any]]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -117,9 +114,6 @@ class ToyReasoningPrompts(NumberPromptGenerator):
             prompt, _, gold = draw_reasoning_task(rng)
             rows.append({"id": f"{self.id_prefix}{i:06d}", "prompt": prompt, GOLD_FIELD: str(gold)})
         return rows
-
-    def iter_prompts(self, n: int):
-        return iter(self.generate(n))
 
 
 def answer_token_texts() -> list[str]:
