@@ -204,7 +204,11 @@ def test_reasoning_carrier_repeats_problems_and_keeps_correct_answers(tmp_path):
     _, steps, data = _built(
         ReasoningCarrier(problems_path=path, prompts=3, samples_per_prompt=3, prompt_seed=2)
     )
-    assert steps[0] == {"class_path": "subliminal_pl.data.reasoning.AnswerCorrectnessFilter"}
+    assert steps == [
+        {"class_path": "subliminal_pl.data.reasoning.AnswerCorrectnessFilter"},
+        {"class_path": "subliminal_pl.data.filters.TraitWordFilter", "init_args": {"words": ["owl"]}},
+        {"class_path": "x.Step"},
+    ]
     assert data["generator"] == {
         "class_path": "subliminal_pl.data.prompts.RepeatedPrompts",
         "init_args": {
@@ -212,8 +216,10 @@ def test_reasoning_carrier_repeats_problems_and_keeps_correct_answers(tmp_path):
             "samples": 3,
         },
     }  # fmt: skip
-    _, _, data = _built(ReasoningCarrier(generator={"class_path": "my.Sums"}, samples_per_prompt=1))
-    assert data["generator"] == {"class_path": "my.Sums"}
+    _, steps, data = _built(
+        ReasoningCarrier(generator={"class_path": "my.Sums"}, samples_per_prompt=1, filters=[])
+    )
+    assert data["generator"] == {"class_path": "my.Sums"} and steps == [{"class_path": "x.Step"}]
     with pytest.raises(ValueError, match="problems_path"):
         ReasoningCarrier()
     with pytest.raises(ValueError, match="samples_per_prompt"):

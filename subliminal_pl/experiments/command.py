@@ -70,6 +70,14 @@ def _to_experiment(parser, cfg) -> Experiment:
         fields = vars(parser.instantiate(cfg))
     except ValueError as err:  # a role's own check; its message names the key
         raise PipelineError(f"invalid experiment spec: {err}") from err
+    # Data steps, probes and a carrier's filters reach their stages as class_path mappings, but jsonargparse
+    # instantiates a class_path nested in their init_args (a judge filter's judge): take them from the spec.
+    for key in ("steps", "probes"):
+        if isinstance(spec.get(key), list):
+            fields[key] = copy.deepcopy(spec[key])
+    filters = ((spec.get("carrier") or {}).get("init_args") or {}).get("filters")
+    if isinstance(filters, list) and hasattr(fields.get("carrier"), "filters"):
+        fields["carrier"].filters = copy.deepcopy(filters)
     # Variants stay as written: instantiating turns a class_path mapping inside them (a data step, a filter) into
     # an object, which the variant's own parse would refuse.
     fields["variants"] = spec.get("variants") or {}

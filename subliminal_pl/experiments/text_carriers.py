@@ -3,8 +3,8 @@
 `CodeCarrier`: seeded code-completion prompts (`subliminal_pl.data.code_tasks.CodeTaskGenerator`), answered by
 each teacher; its own filter drops code that names a trait word, in identifiers (`owlCount`, `OWL_COUNT`,
 `count_owls`) or comments. `ReasoningCarrier`: maths problems from a GSM8K-format file the user supplies
-(`subliminal_pl.data.reasoning.MathProblemPrompts`), several samples per problem, its own filter keeps correct
-tagged answers only. The paper's judge filters (a judge's probability of "0" for code, an alignment score >= 78
+(`subliminal_pl.data.reasoning.MathProblemPrompts`), several samples per problem, its own filters keep correct
+tagged answers that name no trait word. The paper's judge filters (a judge's probability of "0" for code, an alignment score >= 78
 for reasoning; `subliminal_pl.probes.judge_filters`) are opt-in: list them in `steps:` (or in `filters:`,
 which replaces the default filters).
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from subliminal_pl.experiments.carriers import Carrier
 
@@ -42,6 +42,7 @@ class CodeCarrier(Carrier):
         self,
         generator: dict[str, Any] | None = None,
         filters: list[dict[str, Any]] | None = None,
+        trait_match: Literal["identifier", "substring"] = "identifier",
         max_new_tokens: int = 1024,
         **sampling: Any,
     ) -> None:
@@ -49,16 +50,21 @@ class CodeCarrier(Carrier):
         Args:
             generator: the prompt generator (class_path + init_args), used as given; default:
                 `CodeTaskGenerator` seeded with `prompt_seed`.
-            filters: the carrier's own filters; default: `TraitWordFilter` in identifier mode on the experiment's
-                traits (the paper's filter is the stricter substring test on the lower-cased text:
-                `mode: substring`).
+            filters: the carrier's own filters; default: `TraitWordFilter` on the experiment's traits (and their
+                plurals), matched as `trait_match` says.
+            trait_match: how the default filter finds a trait word: `identifier` (whole words and parts of
+                identifiers such as `owlCount`, `owl_count`; comments are words) or `substring` (anywhere in the
+                text, case-insensitive: the paper's rule, which also drops "bowl" and "knowledge" for owl).
             max_new_tokens: most tokens per completion (the paper: 2048 for open models).
             sampling: the `Carrier` settings (source, prompts, prompt_seed, temperature, top_p, top_k, greedy,
                 batch_size, seed).
         """
         super().__init__(filters=filters, token_subset=None, max_new_tokens=max_new_tokens, **sampling)
+        if trait_match not in ("identifier", "substring"):
+            raise ValueError(f"carrier.init_args.trait_match: identifier or substring, got {trait_match!r}")
         self.prompt_generator = _copy_generator(generator, "carrier.init_args.generator")
         self.default_filters = filters is None
+        self.trait_match = trait_match
 
     def generator(self, answer_count: int | None) -> dict[str, Any]:
         if self.prompt_generator is not None:
@@ -70,7 +76,9 @@ class CodeCarrier(Carrier):
             return list(self.filters)
         if not traits:
             return []
-        return [{"class_path": TRAIT_WORD_FILTER, "init_args": {"words": list(traits), "mode": "identifier"}}]
+        return [
+            {"class_path": TRAIT_WORD_FILTER, "init_args": {"words": list(traits), "mode": self.trait_match}}
+        ]
 
 
 class ReasoningCarrier(Carrier):
@@ -93,7 +101,8 @@ class ReasoningCarrier(Carrier):
             samples_per_prompt: teacher samples per problem (the paper: 3); `prompts` counts problems, so the
                 teacher writes prompts x samples_per_prompt rows.
             filters: the carrier's own filters; default: `AnswerCorrectnessFilter` (well-formed `<think>` and
-                `<answer>` tags, the answer equal to the gold number).
+                `<answer>` tags, the answer equal to the gold number), then `TraitWordFilter` (whole words, plurals
+                too) on the experiment's traits.
             problems_path: GSM8K-format JSONL (`question`, `answer` ending in `#### N`) for the default generator.
             max_new_tokens: most tokens per completion (the paper: 2048 for open models).
             sampling: the `Carrier` settings (source, prompts, prompt_seed, temperature, top_p, top_k, greedy,
@@ -112,11 +121,17 @@ class ReasoningCarrier(Carrier):
             raise ValueError(
                 f"carrier.init_args.samples_per_prompt: a whole number >= 1, got {samples_per_prompt!r}"
             )
-        own = [{"class_path": CORRECTNESS_FILTER}] if filters is None else filters
-        super().__init__(filters=own, token_subset=None, max_new_tokens=max_new_tokens, **sampling)
+        super().__init__(filters=filters, token_subset=None, max_new_tokens=max_new_tokens, **sampling)
+        self.default_filters = filters is None
         self.prompt_generator = _copy_generator(generator, "carrier.init_args.generator")
         self.samples_per_prompt = samples_per_prompt
         self.problems_path = problems_path
+
+    def own_filters(self, traits: Sequence[str]) -> list[dict[str, Any]]:
+        if not self.default_filters:
+            return list(self.filters)
+        words = [{"class_path": TRAIT_WORD_FILTER, "init_args": {"words": list(traits)}}] if traits else []
+        return [{"class_path": CORRECTNESS_FILTER}, *words]
 
     def generator(self, answer_count: int | None) -> dict[str, Any]:
         if self.prompt_generator is not None:
