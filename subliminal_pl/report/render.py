@@ -321,4 +321,5 @@ def sweep_markdown(rows: dict[str, dict[str, Any]]) -> str:
                 f"{fmt_p(s.get('p_holm'))} | {fmt(c.get('own'))} | {fmt_p(c.get('p_value'))} | "
                 f"{'yes' if r['transferred'] else 'no'} |"
             )
+    lines += ["", "Each variant's matrix, controls and tests: `<variant>/report.md`."]
     return "\n".join(lines) + "\n"
