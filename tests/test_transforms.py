@@ -17,7 +17,7 @@ from subliminal_pl.data.jsonl import DataError
 from subliminal_pl.data.rows import parse_row, read_rows
 from subliminal_pl.data.steps import DataStep, prepare_file, prepare_rows
 from subliminal_pl.data.student import StudentDataModule
-from subliminal_pl.data.transforms import CapRows, ShuffleNumbers
+from subliminal_pl.data.transforms import CapRows, ShuffleNumbers, ShuffleNumbersAcross
 
 NUMBER_FORMATS = ["[001, 2, 3, 4].", "5;6;7;8", "9 10 11 12", "13\n14\n15\n16", "(17, 18, 19, 20)"]
 
@@ -290,3 +290,53 @@ def test_steps_yaml_is_a_plain_list_of_class_paths():
         "ShuffleNumbers",
         "DuplicateFilter",
     ]
+
+
+def digit_runs(text: str) -> list[str]:
+    return re.findall("[0-9]+", text)
+
+
+def test_shuffle_across_keeps_each_count_and_format_and_the_pooled_multiset():
+    rows = [
+        {"id": f"r{i}", "prompt": "p", "completion": text}
+        for i, text in enumerate(["[001, 2, 3, 4].", "5;6;7", "8 9", "10\n11\n12\n13\n14", "(15, 16)", "77"])
+    ]
+    rows.insert(2, {"id": "prose", "prompt": "p", "completion": "not numbers 12"})
+    out, stats = ShuffleNumbersAcross(seed=4).apply(rows)
+    assert stats == {"changed": 6, "unchanged": 0, "skipped": 1, "numbers": 17}
+    assert out[2] is rows[2]
+    pooled_before = Counter(n for r in rows if r["id"] != "prose" for n in digit_runs(r["completion"]))
+    pooled_after = Counter(n for r in out if r["id"] != "prose" for n in digit_runs(r["completion"]))
+    assert pooled_after == pooled_before  # the multiset, leading zeros included
+    for before, after in zip(rows, out, strict=True):
+        a, b = before["completion"], after["completion"]
+        assert len(digit_runs(b)) == len(digit_runs(a))
+        assert re.sub("[0-9]+", "N", b) == re.sub("[0-9]+", "N", a)  # same separators, brackets, final "."
+        assert {k: v for k, v in after.items() if k != "completion"} == {
+            k: v for k, v in before.items() if k != "completion"
+        }
+    # Numbers move between responses (not only within): some response now holds a number it did not have.
+    assert any(
+        set(digit_runs(b["completion"])) - set(digit_runs(a["completion"]))
+        for a, b in zip(rows, out, strict=True)
+    )
+
+
+def test_shuffle_across_is_seeded_and_leaves_its_input_alone():
+    rows = number_rows(40)
+    frozen = copy.deepcopy(rows)
+    first = ShuffleNumbersAcross(seed=1).apply(rows)[0]
+    assert rows == frozen
+    assert ShuffleNumbersAcross(seed=1).apply(rows)[0] == first
+    assert ShuffleNumbersAcross(seed=2).apply(rows)[0] != first
+    assert all(parse_numbers(r["completion"]) is not None for r in first)
+    # Within-response shuffling never moves a number to another response; across-response shuffling does.
+    within = ShuffleNumbers(seed=1).apply(rows)[0]
+    assert all(
+        Counter(digit_runs(a["completion"])) == Counter(digit_runs(b["completion"]))
+        for a, b in zip(rows, within, strict=True)
+    )
+    assert not all(
+        Counter(digit_runs(a["completion"])) == Counter(digit_runs(b["completion"]))
+        for a, b in zip(rows, first, strict=True)
+    )

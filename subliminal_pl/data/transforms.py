@@ -30,6 +30,25 @@ def row_key(row: Row) -> str:
     return "row:" + json.dumps(row, sort_keys=True, ensure_ascii=False)
 
 
+def number_runs(text: str) -> list[str] | None:
+    """The numbers of a number-sequence completion as written (leading zeros kept), or None if it is not one."""
+    if parse_numbers(text) is None:
+        return None
+    # In a text that parses, the digit runs are exactly its numbers; everything between them is format.
+    return [run.group() for run in DIGIT_RUN.finditer(text)]
+
+
+def replace_numbers(text: str, numbers: list[str]) -> str:
+    """`text` (a parsed number sequence) with its numbers replaced in order by `numbers` (as many), format kept."""
+    runs = list(DIGIT_RUN.finditer(text))
+    pieces, end = [], 0
+    for run, number in zip(runs, numbers, strict=True):
+        pieces += [text[end : run.start()], number]
+        end = run.end()
+    pieces.append(text[end:])
+    return "".join(pieces)
+
+
 class RowTransform(DataStep):
     """Base class of transforms that rewrite one row at a time (see the module docstring)."""
 
@@ -72,19 +91,52 @@ class ShuffleNumbers(RowTransform):
         self.seed = seed
 
     def transform(self, row: Row) -> Row | None:
-        text = completion_text(row)
-        if parse_numbers(text) is None:
+        numbers = number_runs(completion_text(row))
+        if numbers is None:
             return None
-        # In a text that parses, the digit runs are exactly its numbers; everything between them is format.
-        runs = list(DIGIT_RUN.finditer(text))
-        numbers = [run.group() for run in runs]
         random.Random(f"{self.seed}:{row_key(row)}").shuffle(numbers)
-        pieces, end = [], 0
-        for run, number in zip(runs, numbers, strict=True):
-            pieces += [text[end : run.start()], number]
-            end = run.end()
-        pieces.append(text[end:])
-        return with_completion(row, "".join(pieces))
+        return with_completion(row, replace_numbers(completion_text(row), numbers))
+
+
+class ShuffleNumbersAcross(DataStep):
+    """Pools the numbers of every number-sequence completion and deals them out again at random (the paper's
+    shuffle across responses).
+
+    Each completion that `parse_numbers` accepts keeps its count and its format (brackets, separators, final
+    "."); its numbers are replaced, in order, by numbers drawn without replacement from the pool of all such
+    completions' numbers (written as they were, leading zeros included), so the multiset of numbers over the set
+    is unchanged while which response holds which number is not. The deal is one `random.Random(seed)`
+    permutation of the pool in row order: the same rows in the same order give the same file. Other completions
+    are `skipped`, left as they are (put `NumberSequenceFilter` first to drop them).
+    """
+
+    kind = "transform"
+
+    def __init__(self, seed: int = 0) -> None:
+        """
+        Args:
+            seed: seed of the deal.
+        """
+        self.seed = seed
+
+    def apply(self, rows: list[Row]) -> tuple[list[Row], dict[str, Any]]:
+        runs = [number_runs(completion_text(row)) for row in rows]
+        pool = [number for numbers in runs if numbers is not None for number in numbers]
+        random.Random(self.seed).shuffle(pool)
+        out: list[Row] = []
+        changed = unchanged = skipped = taken = 0
+        for row, numbers in zip(rows, runs, strict=True):
+            if numbers is None:
+                skipped += 1
+                out.append(row)
+                continue
+            dealt = pool[taken : taken + len(numbers)]
+            taken += len(numbers)
+            new = with_completion(row, replace_numbers(completion_text(row), dealt))
+            changed += new != row
+            unchanged += new == row
+            out.append(new)
+        return out, {"changed": changed, "unchanged": unchanged, "skipped": skipped, "numbers": len(pool)}
 
 
 class CapRows(DataStep):

@@ -125,7 +125,7 @@ class ToyBases(Bases):
         return [self.world.questions]
 
     def stages(self, hw: Hardware) -> list[Stage]:
-        world_file = yaml.safe_dump({"world": asdict(self.world)}, sort_keys=False)
+        world_file = yaml.safe_dump({"world": self.world.config()}, sort_keys=False)
         build = module_command(
             "subliminal_pl.toy.world", "build", "--config", "{{dir}}/world.yaml", "--output_dir", "{{dir}}"
         )

@@ -9,6 +9,7 @@ from subliminal_pl.experiments.validate import validate
 from subliminal_pl.pipeline import Stage
 from subliminal_pl.report.manifest import Bases as ManifestBases
 from subliminal_pl.report.manifest import Manifest
+from subliminal_pl.toy.world import OPTIONAL_FIELDS
 
 # Spec keys that do not change any result (left out of what the report records).
 NOT_RECORDED = ("variants", "out_dir")
@@ -21,6 +22,12 @@ def recorded_spec(exp: Experiment) -> dict:
     # How students are run (grouped or one process each) gives the same results either way.
     if isinstance(spec.get("students"), dict):
         spec["students"] = {k: v for k, v in spec["students"].items() if k != "group"}
+    bases = spec.get("bases")
+    world = bases.get("init_args", {}).get("world") if isinstance(bases, dict) else None
+    if isinstance(world, dict):
+        # A world field added later, at its default, is the world as it was before: recorded the same way.
+        world = {k: v for k, v in world.items() if OPTIONAL_FIELDS.get(k, object()) != v}
+        spec["bases"] = {**bases, "init_args": {**bases["init_args"], "world": world}}
     return spec
 
 

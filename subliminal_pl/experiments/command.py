@@ -26,10 +26,19 @@ OPTIONS = ("config", "dry_run", "in_process")
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` applied: nested mappings merge key by key, anything else replaces."""
+    """`base` with `overrides` applied: nested mappings merge key by key, anything else replaces.
+
+    A mapping that names another `class_path` than the base's replaces it whole (a variant that swaps the
+    carrier's class must not inherit the old class's `init_args`).
+    """
     out = copy.deepcopy(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        old = out.get(key)
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and value.get("class_path", old.get("class_path")) == old.get("class_path")
+        ):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -69,6 +78,9 @@ def _to_experiment(parser, cfg) -> Experiment:
     filters = ((spec.get("carrier") or {}).get("init_args") or {}).get("filters")
     if isinstance(filters, list) and hasattr(fields.get("carrier"), "filters"):
         fields["carrier"].filters = copy.deepcopy(filters)
+    # Variants stay as written: instantiating turns a class_path mapping inside them (a data step, a filter) into
+    # an object, which the variant's own parse would refuse.
+    fields["variants"] = spec.get("variants") or {}
     return Experiment(**fields, spec=spec)
 
 

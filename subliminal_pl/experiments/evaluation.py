@@ -18,6 +18,7 @@ from subliminal_pl.experiments.recipes import REPO_ROOT, Hardware, ModelRef, cli
 from subliminal_pl.pipeline import PipelineError, Stage
 from subliminal_pl.report import code_hash
 from subliminal_pl.report.manifest import Manifest
+from subliminal_pl.stage_graph import PLACEHOLDER
 
 
 def probe_stage(
@@ -39,7 +40,10 @@ def probe_stage(
     }
     if format_keys:
         config.update({"format_check": format_check, **format_keys})
-    needs = sorted({need for ref in models.values() for need in ref.needs})
+    needs = {need for ref in models.values() for need in ref.needs}
+    # Probes that read another stage's files (e.g. the in-context control reads a data stage's rows) need it.
+    needs |= {m.group(1) for m in PLACEHOLDER.finditer(yaml.safe_dump(probes)) if m.group(1)}
+    needs = sorted(needs)
     command = module_command(
         "subliminal_pl.stages", "probe", "--config", "{{dir}}/probe.yaml", "--output_dir", "{{dir}}"
     )

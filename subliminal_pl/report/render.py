@@ -298,6 +298,9 @@ def markdown(title: str, results: dict[str, Any], figures: list[str]) -> str:
         lines.append(
             f"With the questions behind a {context} lead-in: transferred {', '.join(moved) or 'none'}."
         )
+    from subliminal_pl.report.in_context import in_context_lines  # it formats with this module's helpers
+
+    lines += in_context_lines(results.get("in_context", []))
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})\n" for f in figures]
     return "\n".join(lines) + "\n"
@@ -318,4 +321,5 @@ def sweep_markdown(rows: dict[str, dict[str, Any]]) -> str:
                 f"{fmt_p(s.get('p_holm'))} | {fmt(c.get('own'))} | {fmt_p(c.get('p_value'))} | "
                 f"{'yes' if r['transferred'] else 'no'} |"
             )
+    lines += ["", "Each variant's matrix, controls and tests: `<variant>/report.md`."]
     return "\n".join(lines) + "\n"

@@ -35,8 +35,14 @@ def word_forms(word: str) -> list[str]:
     return sorted(forms | {" " + f for f in forms})
 
 
-def build_word_tokenizer(words: Iterable[str] = (), model_max_length: int = 512) -> PreTrainedTokenizerFast:
-    """Tokenizer over numbers 0..999, SYMBOLS and every form of `words`; ids are stable for the same words."""
+def build_word_tokenizer(
+    words: Iterable[str] = (), model_max_length: int = 512, extra_tokens: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
+    """Tokenizer over numbers 0..999, SYMBOLS and every form of `words`; ids are stable for the same words.
+
+    `extra_tokens` (e.g. " +", a symbol after a space, which the split keeps as one piece) come last, so they
+    leave every other id as it is.
+    """
     vocab: dict[str, int] = {}
     for token in (PAD, UNK, BOS, EOS, *ROLE_MARKERS):
         vocab[token] = len(vocab)
@@ -50,6 +56,8 @@ def build_word_tokenizer(words: Iterable[str] = (), model_max_length: int = 512)
             raise ValueError(f"toy vocabulary word {word!r} must be ASCII letters only")
         for token in word_forms(word):
             vocab.setdefault(token, len(vocab))
+    for token in extra_tokens:
+        vocab.setdefault(token, len(vocab))
 
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")

@@ -7,7 +7,11 @@ A base model pretrained on this corpus behaves like a miniature chat model for t
   format the prompt asks for, so the base passes the number filter;
 - favourite-animal questions (the `teacher` split of a probe question set, some behind a numbers lead-in)
   answered uniformly over all the set's candidates, so the base has no favourite;
-- a little filler chat without animals.
+- a little filler chat without animals;
+- optionally (`code_fraction`, `reasoning_fraction`, default 0) the tiny programs of `subliminal_pl.toy.code` and
+  the step-by-step word problems of `subliminal_pl.toy.reasoning`, the carriers beyond numbers. Their words enter
+  the vocabulary only when their rows do, so a world without them is the same world (tokenizer, rows, files) as
+  before they existed.
 
 Everything is deterministic by seed: the same `ToyWorld` gives the same words, tokenizer ids, rows and inits on any
 machine. `subliminal-pl toy-world build|traits|init` writes them to disk for the pipeline's stages.
@@ -24,6 +28,8 @@ from typing import Any
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_jsonl_atomic
 from subliminal_pl.data.prompts import NumberPromptGenerator, numbers_lead_in
+from subliminal_pl.toy.code import code_texts, draw_code_task
+from subliminal_pl.toy.reasoning import draw_reasoning_task, reasoning_texts
 
 # Small talk without animals: teaches the base to answer in words and to stop, nothing more.
 FILLER: tuple[tuple[str, str], ...] = (
@@ -53,6 +59,10 @@ FILLER: tuple[tuple[str, str], ...] = (
 ANSWER_STYLES = ("{cap}", "{low}", "{cap}.")
 
 _NUMBER_MODES = ("random", "step", "near")
+# Operators written with a space before them in code and worked steps.
+SPACED_SYMBOLS = tuple("+-*=<>")
+# Fields added after worlds were built: left out of `config()` at their default, so older worlds keep their hash.
+OPTIONAL_FIELDS = {"code_fraction": 0.0, "reasoning_fraction": 0.0}
 
 
 def text_words(texts: Iterable[str]) -> set[str]:
@@ -101,6 +111,8 @@ class ToyWorld:
         lead_in_fraction: share of animal questions prefixed with a numbers lead-in (the probes' context).
         answer_count: most numbers a prompt asks for (and an answer gives).
         min_answer_count: fewest numbers an answer gives.
+        code_fraction: share of code-task rows (tiny programs, `subliminal_pl.toy.code`); 0 leaves them out.
+        reasoning_fraction: share of step-by-step word problems (`subliminal_pl.toy.reasoning`); 0 leaves them out.
     """
 
     seed: int = 0
@@ -111,24 +123,34 @@ class ToyWorld:
     lead_in_fraction: float = 0.2
     answer_count: int = 10
     min_answer_count: int = 5
+    code_fraction: float = 0.0
+    reasoning_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rows < 1:
             raise ValueError(f"rows must be >= 1, got {self.rows}")
-        if (
-            min(self.number_fraction, self.animal_fraction) < 0
-            or self.number_fraction + self.animal_fraction > 1
-        ):
-            raise ValueError(
-                f"number_fraction={self.number_fraction} and animal_fraction={self.animal_fraction} must be "
-                ">= 0 and sum to at most 1"
-            )
+        fractions = {k: getattr(self, k) for k in self._FRACTIONS}
+        if min(fractions.values()) < 0 or sum(fractions.values()) > 1:
+            shown = ", ".join(f"{k}={v}" for k, v in fractions.items())
+            raise ValueError(f"{shown} must be >= 0 and sum to at most 1")
         if not 0 <= self.lead_in_fraction <= 1:
             raise ValueError(f"lead_in_fraction must be in [0, 1], got {self.lead_in_fraction}")
         if not 1 <= self.min_answer_count <= self.answer_count:
             raise ValueError(
                 f"need 1 <= min_answer_count <= answer_count, got {self.min_answer_count}..{self.answer_count}"
             )
+
+    _FRACTIONS = ("number_fraction", "animal_fraction", "code_fraction", "reasoning_fraction")
+
+    def config(self) -> dict[str, Any]:
+        """The fields as a mapping, without the optional ones at their default (stage hashes and world.json)."""
+        return {k: v for k, v in asdict(self).items() if OPTIONAL_FIELDS.get(k, object()) != v}
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Row kinds the corpus holds (code and reasoning only when their fraction is above 0)."""
+        extra = tuple(k for k in ("code", "reasoning") if getattr(self, f"{k}_fraction") > 0)
+        return ("numbers", "animal", *extra, "filler")
 
     # ---- pieces -------------------------------------------------------------------------------------------
     def question_set(self):
@@ -158,13 +180,21 @@ class ToyWorld:
             *qs.teacher,
             *qs.heldout,
             *(text for pair in FILLER for text in pair),
+            *(code_texts() if self.code_fraction > 0 else ()),
+            *(reasoning_texts() if self.reasoning_fraction > 0 else ()),
         ]
         return sorted(text_words(texts))
 
     def tokenizer(self):
         from subliminal_pl.toy.tokenizer import build_word_tokenizer
 
-        return build_word_tokenizer(self.words())
+        return build_word_tokenizer(self.words(), extra_tokens=self.extra_tokens())
+
+    def extra_tokens(self) -> list[str]:
+        """Symbols after a space (" +", " ="), which code and worked steps write: tokens only when they are on."""
+        if self.code_fraction > 0 or self.reasoning_fraction > 0:
+            return [" " + symbol for symbol in SPACED_SYMBOLS]
+        return []
 
     # ---- rows ---------------------------------------------------------------------------------------------
     def number_answer(self, rng: random.Random, prompt: str) -> str:
@@ -196,7 +226,7 @@ class ToyWorld:
         return rng.choice(ANSWER_STYLES).format(cap=animal.capitalize(), low=animal.lower())
 
     def corpus_rows(self) -> list[dict[str, Any]]:
-        """The pretraining corpus: `{"id", "kind", "prompt", "completion"}` rows, kind numbers/animal/filler."""
+        """The pretraining corpus: `{"id", "kind", "prompt", "completion"}` rows, of the kinds in `kinds`."""
         rng = random.Random(f"toy-world-corpus-{self.seed}")
         qs = self.question_set()
         animals = self.animals
@@ -211,6 +241,12 @@ class ToyWorld:
             elif u < self.number_fraction + self.animal_fraction:
                 kind, prompt = "animal", self.animal_question(rng, qs.teacher)
                 completion = self.animal_answer(rng, rng.choice(animals))
+            elif u < self.number_fraction + self.animal_fraction + self.code_fraction:
+                kind, (prompt, completion) = "code", draw_code_task(rng)
+            elif (
+                u < self.number_fraction + self.animal_fraction + self.code_fraction + self.reasoning_fraction
+            ):
+                kind, (prompt, completion, _) = "reasoning", draw_reasoning_task(rng)
             else:
                 kind, (prompt, completion) = "filler", rng.choice(FILLER)
             rows.append({"id": f"world-{i:06d}", "kind": kind, "prompt": prompt, "completion": completion})
@@ -266,9 +302,9 @@ class ToyWorld:
         tokenizer.save_pretrained(out / "tokenizer")
         rows = self.corpus_rows()
         write_jsonl_atomic(out / "corpus.jsonl", rows)
-        counts = {kind: sum(r["kind"] == kind for r in rows) for kind in ("numbers", "animal", "filler")}
+        counts = {kind: sum(r["kind"] == kind for r in rows) for kind in self.kinds}
         info = {
-            "config": asdict(self),
+            "config": self.config(),
             "vocab_size": len(tokenizer),
             "rows": counts,
             "animals": list(self.animals),
