@@ -12,13 +12,24 @@ from subliminal_pl.report.manifest import Manifest
 
 # Spec keys that do not change any result (left out of what the report records).
 NOT_RECORDED = ("variants", "out_dir")
+NOT_RECORDED_HARDWARE = ("jobs", "executor", "ray_address", "stage_cpus", "stage_memory_gb")
+# Commands (module, subcommand) that run a model on the hardware profile's accelerator.
+MODEL_COMMANDS = {
+    ("subliminal_pl.cli", "fit"),
+    ("subliminal_pl.cli", "predict"),
+    ("subliminal_pl.stages", "probe"),
+}
 
 
 def recorded_spec(exp: Experiment) -> dict:
     spec = {k: v for k, v in exp.spec.items() if k not in NOT_RECORDED}
     if isinstance(spec.get("hardware"), dict):
-        spec["hardware"] = {k: v for k, v in spec["hardware"].items() if k != "jobs"}
+        spec["hardware"] = {k: v for k, v in spec["hardware"].items() if k not in NOT_RECORDED_HARDWARE}
     return spec
+
+
+def is_model_stage(stage: Stage) -> bool:
+    return any(tuple(command[2:4]) in MODEL_COMMANDS for command in stage.commands if command[1:2] == ["-m"])
 
 
 def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Manifest]:
@@ -71,4 +82,6 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
     )
     report_needs = ["probes", *(f"data-{s}" for s in sources)] + (["mlp"] if mlp_results else [])
     stages.append(report_stage(manifest, report_needs))
+    for stage in stages:
+        stage.resources = hw.stage_resources(is_model_stage(stage))
     return stages, manifest
