@@ -11,6 +11,10 @@ the stages it affects. An unfinished stage starts again from an empty folder, ex
 In commands and files, `{{dir}}` stands for the stage's own folder and `{{dir:NAME}}` for the folder of stage
 NAME (which must be among its needs).
 
+Where the commands run is the executor's business (`subliminal_pl.executors`): child processes here by default,
+or Ray tasks on a cluster (`subliminal_pl.executor_ray`). Everything above stays here, on the driver: the folder
+is prepared and the done marker written by this module, whichever executor ran the commands.
+
 This module knows stages, not experiments (it imports none): `subliminal-pl pipeline --config
 configs/toy/demo.yaml` (`subliminal_pl.experiments.command`) builds an experiment's stages from its spec, runs
 them with `Pipeline`, and prints the exact command of each one and where the report is.
