@@ -215,3 +215,29 @@ def test_model_stages_hold_gpus_and_memory_and_executor_keys_change_no_hash():
     assert held["base-s0"] == held["teacher-owl"] == held["generate-base"] == held["probes"] == model
     assert held["student-owl-s0"] == held["cross-owl-base-s1-s0"] == model
     assert held["world"] == held["data-base"] == held["report"] == Resources(cpus=1.0)
+
+
+def test_a_stage_of_the_smoke_experiment_on_ray_writes_what_it_writes_locally(tmp_path, ray_executor):
+    """The smoke spec's first stage (`python -m subliminal_pl.toy.world build`: corpus, tokenizer, world.json):
+    the package's own command, started with the node's interpreter, gives byte-identical files."""
+    from subliminal_pl.experiments.build import build_stages
+    from subliminal_pl.experiments.command import parse_experiment
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "toy" / "smoke.yaml")
+    exp, _ = parse_experiment(["--config", config, "--bases.init_args.world.rows", "300"])
+    world = [s for s in build_stages(exp, check=False)[0] if s.name == "world"]
+    local = Pipeline(world, tmp_path / "local", echo=lambda _: None)
+    on_ray = Pipeline(world, tmp_path / "ray", echo=lambda _: None, executor=ray_executor)
+    assert local.run() == on_ray.run() == {"world": "ran"}
+
+    def files(folder: Path) -> dict[str, bytes]:
+        skip = {"log.txt", "stage.json", "world.yaml"}  # the recipe names its own folder
+        return {
+            str(p.relative_to(folder)): p.read_bytes()
+            for p in folder.rglob("*")
+            if p.is_file() and p.name not in skip
+        }
+
+    made = files(on_ray.stage_dir("world"))
+    assert {"corpus.jsonl", "world.json"} <= set(made) and any(name.startswith("tokenizer/") for name in made)
+    assert made == files(local.stage_dir("world"))
