@@ -4,7 +4,8 @@ Both runs build the same stages (same hashes) into fresh output folders, with `h
 local executor as child processes of this one, the Ray executor as tasks on a Ray instance this script starts on
 this machine first (loopback only, `hardware.jobs` CPUs, no dashboard; its start-up is timed apart, as a cluster
 already runs when a grid is submitted). Each stage holds one CPU there, as `stage_cpus: 1` says, so both run the
-stages with the same threads and must give the same results (checked). Prints each wall time, the CPU seconds of
+stages with the same threads and must give the same results (checked: results.json, with the output folder's
+path written as OUT). Prints each wall time, the CPU seconds of
 the stage processes, and the ratio Ray / local. Target: <= 1.2x.
 
     python bench/bench_executor.py
@@ -45,7 +46,8 @@ def run(config: str, out_dir: Path, executor: str) -> dict:
         "wall": wall,
         "stage_cpu": sum(r["cpu_seconds"] for r in records),
         "stages": sorted(f"{r['name']}-{r['hash']}" for r in records),
-        "results": json.loads((out_dir / "results.json").read_text()),
+        # Results name their output folder (data paths): compared with that folder written as OUT.
+        "results": (out_dir / "results.json").read_text().replace(str(out_dir), "OUT"),
         "jobs": exp.hardware.jobs,
     }
 
