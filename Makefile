@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# torch first, so DeepSpeed's build (no isolation: its setup imports torch) sees the pinned build.
 	$(PY) -m pip install -q $(PIP_CONSTRAINT_FLAG) "torch>=2.4"
-	$(PY) -m pip install -q $(PIP_CONSTRAINT_FLAG) --no-build-isolation -e ".[dev,deepspeed]"
+	$(PY) -m pip install -q $(PIP_CONSTRAINT_FLAG) --no-build-isolation -e ".[dev,deepspeed,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[0] not in TRAINER_COMMANDS and not argv[0].startswith("-"):
         known = ", ".join([*TRAINER_COMMANDS, *sorted(EXTRA_COMMANDS)])
         sys.exit(f"subliminal-pl: unknown command {argv[0]!r} (known: {known}); see `subliminal-pl --help`")
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         if from_command_line:
             build_cli()
@@ -134,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             build_cli()
         finally:
             sys.argv = saved
+    except SIGTERMException:
+        # Lightning ends a run on SIGTERM with SystemExit() (status 0); a stopped run must not read as finished.
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         line = missing_model_line(err, argv)
         if line is None:

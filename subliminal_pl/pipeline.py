@@ -15,6 +15,10 @@ Stages that share a `batch` key and are ready at the same time run as one job: o
 In commands and files, `{{dir}}` stands for the stage's own folder and `{{dir:NAME}}` for the folder of stage
 NAME (which must be among its needs).
 
+Where the commands run is the executor's business (`subliminal_pl.executors`): child processes here by default,
+or Ray tasks on a cluster (`subliminal_pl.executor_ray`). Everything above stays here, on the driver: the folder
+is prepared and the done marker written by this module, whichever executor ran the commands.
+
 This module knows stages, not experiments (it imports none): `subliminal-pl pipeline --config
 configs/toy/demo.yaml` (`subliminal_pl.experiments.command`) builds an experiment's stages from its spec, runs
 them with `Pipeline`, and prints the exact command of each one and where the report is.
@@ -22,22 +26,16 @@ them with `Pipeline`, and prints the exact command of each one and where the rep
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
-import os
 import re
 import shutil
-import signal
-import subprocess
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_text_atomic
-from subliminal_pl.run_guard import FolderBusyError, FolderLock, die_with_parent, hangup_and_term_interrupt
+from subliminal_pl.executors import Executor, LocalExecutor, StageRun
+from subliminal_pl.run_guard import FolderBusyError, FolderLock, hangup_and_term_interrupt
 from subliminal_pl.stage_graph import (
     PLACEHOLDER,
     PipelineError,
@@ -50,9 +48,6 @@ from subliminal_pl.stage_graph import (
 
 DONE_FILE = "stage.json"
 LOG_FILE = "log.txt"
-# Progress lines of the project's callbacks ("[step 50/800] ...", "[generate] ...", "[probe 3/40] ..."); library
-# log lines start with a timestamp or a level instead.
-_PROGRESS = re.compile(r"^\[[a-z]")
 
 
 class Pipeline:
@@ -63,6 +58,8 @@ class Pipeline:
     in_process: run each `python -m module args` command by calling `module.main(args)` in this process (no
         interpreter start-up per stage; for tests and debugging; output goes to the stage log only).
     echo: print function for progress lines.
+    executor: where stages run (`subliminal_pl.executors`); default: a `LocalExecutor(jobs, in_process)`. Its
+        `slots` replace `jobs` as the number of stages at once.
     """
 
     def __init__(
@@ -72,19 +69,22 @@ class Pipeline:
         jobs: int = 1,
         in_process: bool = False,
         echo: Callable[[str], None] = print,
+        executor: Executor | None = None,
     ) -> None:
         if jobs < 1:
             raise PipelineError(f"jobs must be >= 1, got {jobs}")
+        self.executor = executor or LocalExecutor(jobs, in_process)
         self.stages = order_stages(stages)
         self.by_name = {s.name: s for s in self.stages}
         self.hashes = stage_hashes(self.stages)
         self.downstream = downstream_counts(self.stages)
         self.out_dir = Path(out_dir)
-        self.jobs = 1 if in_process else jobs
-        self.in_process = in_process
+        self.jobs = self.executor.slots
         self.echo = echo
         self._lock = threading.Lock()
-        self._children: set[subprocess.Popen] = set()
+        # Set by `stop`: a stage whose commands end after it is never marked done, whatever their exit status
+        # (a trainer stopped by SIGTERM may exit 0 without having written its model).
+        self._stopping = threading.Event()
 
     # ---- locations ----------------------------------------------------------------------------------------
     def stage_dir(self, name: str) -> Path:
@@ -124,78 +124,30 @@ class Pipeline:
             write_text_atomic(folder / relative, self.resolve(text, stage))
         return folder
 
-    def _run_command(self, name: str, command: list[str], log_path: Path) -> tuple[int, float]:
-        """(exit code, CPU seconds of the command) for one command; output appended to the stage log."""
-        if self.in_process:
-            return self._run_in_process(command, log_path)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.jobs)))
-        with log_path.open("a", encoding="utf-8") as log:
-            log.write(f"$ {shell_line(command)}\n")
-            log.flush()
-            process = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=env,
-                text=True,
-                errors="replace",
-                start_new_session=True,
-                preexec_fn=die_with_parent(os.getpid()),
-            )
-            with self._lock:
-                self._children.add(process)
-            try:
-                # Everything goes to the stage log; progress lines ("[step 50/800] ...") also to the console.
-                for line in process.stdout:
-                    log.write(line)
-                    if _PROGRESS.match(line):
-                        self._say(f"    {name} | {line.rstrip()}")
-                # wait4 also gives the child's CPU time, which (unlike wall time) a busy machine barely changes.
-                _, status, usage = os.wait4(process.pid, 0)
-                process.returncode = os.waitstatus_to_exitcode(status)
-                return process.returncode, usage.ru_utime + usage.ru_stime
-            finally:
-                with self._lock:
-                    self._children.discard(process)
-
-    def _run_in_process(self, command: list[str], log_path: Path) -> int:
-        if len(command) < 3 or command[1] != "-m":
-            raise PipelineError(f"in-process mode runs `python -m module ...` commands only, got {command}")
-        buffer = io.StringIO()
-        cpu_start = time.process_time()
-        try:
-            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-                importlib.import_module(command[2]).main(command[3:])
-            code = 0
-        except SystemExit as stop:
-            # sys.exit("message") means failure with that message, as it does for a child process.
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-            if isinstance(stop.code, str):
-                buffer.write(f"{stop.code}\n")
-        except Exception:  # reported as a failed stage, like a crashed child process
-            buffer.write(traceback.format_exc())
-            code = 1
-        with log_path.open("a", encoding="utf-8") as log:
-            log.write(f"$ {shell_line(command)}\n{buffer.getvalue()}")
-        return code, time.process_time() - cpu_start
-
     def run_stage(self, name: str, position: str = "") -> tuple[float, float]:
         """Run one stage's commands (no cache check) and mark it done; returns (wall, CPU) seconds."""
         stage = self.by_name[name]
         folder = self._prepare(stage)
         log_path = folder / LOG_FILE
         start = time.perf_counter()
-        cpu = 0.0
         commands = self.commands(name)
-        for command in commands:
-            self._say(f"{position} {name}: {shell_line(command)}")
-            code, command_cpu = self._run_command(name, command, log_path)
-            cpu += command_cpu
-            if code != 0:
-                raise PipelineError(
-                    f"stage {name!r} failed (exit {code}); log: {log_path}\n{_tail(log_path)}"
-                )
+        run = StageRun(
+            name,
+            commands,
+            folder,
+            log_path,
+            env={"PYTHONUNBUFFERED": "1"},
+            resources=stage.resources,
+            on_command=lambda i: self._say(f"{position} {name}: {shell_line(commands[i])}"),
+            on_progress=lambda line: self._say(f"    {name} | {line}"),
+        )
+        outcome = self.executor.submit(run).wait()
+        cpu = outcome.cpu_seconds
+        if outcome.code != 0:
+            where = f" on {outcome.where}" if outcome.where else ""
+            raise PipelineError(
+                f"stage {name!r} failed (exit {outcome.code}{where}); log: {log_path}\n{_tail(log_path)}"
+            )
         seconds = time.perf_counter() - start
         self._mark_done(name, commands, seconds, cpu)
         self._say(f"{position} {name}: done in {seconds:.1f} s (CPU {cpu:.1f} s)")
@@ -216,14 +168,26 @@ class Pipeline:
         ]
         self._say(f"{position} batch {stages[0].batch} ({', '.join(names)}): {shell_line(command)}")
         start = time.perf_counter()
-        code, cpu = self._run_command(names[0], command, log_path)
+        run = StageRun(
+            names[0],
+            [command],
+            folders[0],
+            log_path,
+            env={"PYTHONUNBUFFERED": "1"},
+            # Members share a recipe shape (one batch key), so the first one's resources hold for the batch.
+            resources=stages[0].resources,
+            on_progress=lambda line: self._say(f"    {names[0]} | {line}"),
+        )
+        outcome = self.executor.submit(run).wait()
+        cpu = outcome.cpu_seconds
         text = log_path.read_text(encoding="utf-8", errors="replace")
         for folder in folders[1:]:
             write_text_atomic(folder / LOG_FILE, text)
-        if code != 0:
+        if outcome.code != 0:
+            where = f" on {outcome.where}" if outcome.where else ""
             raise PipelineError(
-                f"batch {stages[0].batch!r} (stages {', '.join(names)}) failed (exit {code}); log: {log_path}\n"
-                f"{_tail(log_path)}"
+                f"batch {stages[0].batch!r} (stages {', '.join(names)}) failed (exit {outcome.code}{where}); "
+                f"log: {log_path}\n{_tail(log_path)}"
             )
         seconds = time.perf_counter() - start
         for name in names:
@@ -237,6 +201,8 @@ class Pipeline:
     def _mark_done(
         self, name: str, commands: list[list[str]], seconds: float, cpu: float, batch: list[str] | None = None
     ) -> None:
+        if self._stopping.is_set():
+            raise PipelineError(f"stage {name!r} was stopped; it stays unfinished and reruns next time")
         stage = self.by_name[name]
         record = {
             "name": name,
@@ -376,27 +342,13 @@ class Pipeline:
         return side[0] if side and not coming else None
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """End running child processes (their stages stay unfinished and rerun or resume next time).
+        """End running stages (they stay unfinished and rerun or resume next time).
 
-        SIGTERM to each stage's process group, then SIGKILL to those still running after `grace_s`: when this
-        returns, no stage process is left writing.
+        The executor ends them (locally: SIGTERM to each stage's process group, then SIGKILL to those still running
+        after `grace_s`): when this returns, no stage process is left writing.
         """
-        with self._lock:
-            children = list(self._children)
-        for process in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-
-        def still_running() -> list[subprocess.Popen]:
-            with self._lock:  # a worker thread removes its child once it has reaped it
-                return [p for p in children if p in self._children]
-
-        while still_running() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for process in still_running():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        self._stopping.set()
+        self.executor.stop(grace_s)
 
     def describe(self) -> list[str]:
         """One line per stage with its state and folder, then its commands (for --dry_run)."""

@@ -25,6 +25,24 @@ class PipelineError(RuntimeError):
     """A malformed stage graph or a stage that failed; the message names the stage and its log."""
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one stage holds while it runs, for executors that place stages on a cluster (`executor: ray`).
+
+    cpus: CPU cores (also the stage's `OMP_NUM_THREADS` there). gpus: GPUs (0 for CPU-only stages).
+    memory_gb: memory to reserve in GiB (0: none reserved). The local executor ignores them (`jobs` decides).
+    """
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_gb: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("cpus", "gpus", "memory_gb"):
+            if getattr(self, key) < 0:
+                raise PipelineError(f"stage resources: {key} must be >= 0, got {getattr(self, key)}")
+
+
 @dataclass
 class Stage:
     """One step of an experiment.
@@ -42,6 +60,7 @@ class Stage:
         trains each member's recipe in turn). How a stage runs, not what it makes: neither field enters the hash,
         so a batch command must give each member the output its own `commands` would.
     batch_command: the argv prefix of a batch's command (placeholders of other stages allowed, as in commands).
+    resources: what the stage holds on a cluster (`Resources`); like `background`, not part of the hash.
     """
 
     name: str
@@ -53,6 +72,7 @@ class Stage:
     background: bool = False
     batch: str | None = None
     batch_command: list[str] = field(default_factory=list)
+    resources: Resources = field(default_factory=Resources)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

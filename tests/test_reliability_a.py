@@ -108,6 +108,44 @@ def test_two_pipelines_in_threads_of_one_process_also_exclude_each_other(tmp_pat
         thread.join(30)
 
 
+# A stage that, like a Lightning trainer, answers SIGTERM by exiting with status 0 before its work is done.
+GRACEFUL_QUITTER = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    while os.path.exists(sys.argv[2]):
+        time.sleep(0.05)
+    """
+)
+
+
+def test_a_stopped_stage_that_exits_0_is_not_marked_done(tmp_path):
+    (tmp_path / "flag").write_text("")
+    stage = Stage(
+        "quitter", [[sys.executable, "-c", GRACEFUL_QUITTER, str(tmp_path / "pid"), str(tmp_path / "flag")]]
+    )
+    pipeline = Pipeline([stage], tmp_path / "out", echo=lambda _: None)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pipeline.run()
+        except BaseException as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert _wait_for(lambda: (tmp_path / "pid").is_file())
+    pipeline.stop(grace_s=10)
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], PipelineError) and "was stopped" in str(errors[0])
+    assert not pipeline.is_done("quitter")
+    # The next run does the stage's work.
+    (tmp_path / "flag").unlink()
+    assert Pipeline([stage], tmp_path / "out", echo=lambda _: None).run() == {"quitter": "ran"}
+
+
 def test_a_stale_lock_of_a_dead_pid_is_taken_over_with_a_note(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

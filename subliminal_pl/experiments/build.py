@@ -13,12 +13,19 @@ from subliminal_pl.toy.world import OPTIONAL_FIELDS
 
 # Spec keys that do not change any result (left out of what the report records).
 NOT_RECORDED = ("variants", "out_dir")
+NOT_RECORDED_HARDWARE = ("jobs", "executor", "ray_address", "stage_cpus", "stage_memory_gb")
+# Commands (module, subcommand) that run a model on the hardware profile's accelerator.
+MODEL_COMMANDS = {
+    ("subliminal_pl.cli", "fit"),
+    ("subliminal_pl.cli", "predict"),
+    ("subliminal_pl.stages", "probe"),
+}
 
 
 def recorded_spec(exp: Experiment) -> dict:
     spec = {k: v for k, v in exp.spec.items() if k not in NOT_RECORDED}
     if isinstance(spec.get("hardware"), dict):
-        spec["hardware"] = {k: v for k, v in spec["hardware"].items() if k != "jobs"}
+        spec["hardware"] = {k: v for k, v in spec["hardware"].items() if k not in NOT_RECORDED_HARDWARE}
     # How students are run (grouped or one process each) gives the same results either way.
     if isinstance(spec.get("students"), dict):
         spec["students"] = {k: v for k, v in spec["students"].items() if k != "group"}
@@ -29,6 +36,10 @@ def recorded_spec(exp: Experiment) -> dict:
         world = {k: v for k, v in world.items() if OPTIONAL_FIELDS.get(k, object()) != v}
         spec["bases"] = {**bases, "init_args": {**bases["init_args"], "world": world}}
     return spec
+
+
+def is_model_stage(stage: Stage) -> bool:
+    return any(tuple(command[2:4]) in MODEL_COMMANDS for command in stage.commands if command[1:2] == ["-m"])
 
 
 def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Manifest]:
@@ -81,4 +92,6 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
     )
     report_needs = ["probes", *(f"data-{s}" for s in sources)] + (["mlp"] if mlp_results else [])
     stages.append(report_stage(manifest, report_needs))
+    for stage in stages:
+        stage.resources = hw.stage_resources(is_model_stage(stage))
     return stages, manifest

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from subliminal_pl.executors import Executor, make_executor
 from subliminal_pl.experiments.build import build_stages
 from subliminal_pl.experiments.spec import Experiment
 from subliminal_pl.pipeline import Pipeline, PipelineError, Stage
@@ -125,21 +126,32 @@ def run_experiment(
     """Run an experiment (or each variant of a sweep); returns variant name -> folder holding its report."""
     out_dir = Path(exp.out_dir)
     reports = {}
-    for name, stages in plan(exp).items():
-        pipeline = Pipeline(stages, out_dir, jobs=exp.hardware.jobs, in_process=in_process, echo=echo)
-        if name:
-            echo(f"=== sweep variant {name}")
-        if dry_run:
-            for line in pipeline.describe():
-                echo(line)
-            continue
-        pipeline.run()
-        target = out_dir / name if name else out_dir
-        publish(pipeline.stage_dir("report"), target)
-        reports[name] = target
-        verdict = (target / "report.md").read_text(encoding="utf-8").split("## How to read this")[0]
-        echo(verdict.strip())
-        echo(f"report: {target / 'report.md'}")
+    planned = plan(exp)
+    hw = exp.hardware
+    executor: Executor | None = None
+    if not dry_run:  # a Ray executor connects to its cluster here, once for every variant
+        executor = make_executor(hw.executor, hw.jobs, in_process, hw.ray_address)
+    try:
+        for name, stages in planned.items():
+            pipeline = Pipeline(
+                stages, out_dir, jobs=hw.jobs, in_process=in_process, echo=echo, executor=executor
+            )
+            if name:
+                echo(f"=== sweep variant {name}")
+            if dry_run:
+                for line in pipeline.describe():
+                    echo(line)
+                continue
+            pipeline.run()
+            target = out_dir / name if name else out_dir
+            publish(pipeline.stage_dir("report"), target)
+            reports[name] = target
+            verdict = (target / "report.md").read_text(encoding="utf-8").split("## How to read this")[0]
+            echo(verdict.strip())
+            echo(f"report: {target / 'report.md'}")
+    finally:
+        if executor is not None:
+            executor.close()
     if exp.variants and not dry_run:
         from subliminal_pl.report import write_sweep_summary
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from subliminal_pl.pipeline import PipelineError, Stage
+from subliminal_pl.stage_graph import Resources
 
 PY = sys.executable
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +75,14 @@ class Hardware:
             configs/trainer/<name>.yaml) or a class_path + init_args mapping.
         micro_batch_size: rows per device per step; the accumulation then makes up each fit's `batch_size`
             (null: the whole batch in one step on each device).
-        jobs: stages run at the same time (2 on a 2-core laptop; 1 per GPU node).
+        jobs: stages run at the same time (2 on a 2-core laptop; 1 per GPU node); with `executor: ray`, stages
+            submitted at once (Ray queues those its nodes have no room for yet).
+        executor: where stages run: local (child processes here) or ray (Ray tasks on an existing cluster whose
+            nodes share the output folder; docs/cluster.md).
+        ray_address: the Ray cluster for `executor: ray` (auto: the one `ray start` made; or host:port).
+        stage_cpus: CPU cores each stage holds on a Ray cluster (its OMP_NUM_THREADS there).
+        stage_memory_gb: memory each model stage (fit, generate, probe) reserves on a Ray cluster (0: none).
+            Model stages also hold `devices` GPUs there when `accelerator` is gpu or cuda.
     """
 
     accelerator: str = "cpu"
@@ -85,6 +93,24 @@ class Hardware:
     strategy: str | dict[str, Any] = "auto"
     micro_batch_size: int | None = None
     jobs: int = 2
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = "auto"
+    stage_cpus: float = 1.0
+    stage_memory_gb: float = 0.0
+
+    def stage_resources(self, model_stage: bool) -> Resources:
+        """What a stage holds on a cluster: a model stage (fit, generate, probe) also its GPUs and memory."""
+        if not model_stage:
+            return Resources(cpus=self.stage_cpus)
+        gpus = 0
+        if self.accelerator in ("gpu", "cuda"):
+            gpus = self.device_count()
+            if gpus is None:
+                raise PipelineError(
+                    f"hardware.devices: a Ray cluster reserves GPUs per stage, so it needs a number of devices "
+                    f"(got {self.devices!r})"
+                )
+        return Resources(cpus=self.stage_cpus, gpus=gpus, memory_gb=self.stage_memory_gb)
 
     def device_count(self) -> int | None:
         """Devices per fit when the profile fixes them, else None (-1 or auto: known only on the machine)."""
