@@ -122,10 +122,11 @@ class ToyBases(Bases):
 
     @property
     def question_sets(self) -> list[str]:
-        return [self.world.questions]
+        # A world with dilemmas also has disposition traits (harmful, harmless), checked when its rows are made.
+        return [] if self.world.dilemma_fraction > 0 else [self.world.questions]
 
     def stages(self, hw: Hardware) -> list[Stage]:
-        world_file = yaml.safe_dump({"world": asdict(self.world)}, sort_keys=False)
+        world_file = yaml.safe_dump({"world": self.world.config()}, sort_keys=False)
         build = module_command(
             "subliminal_pl.toy.world", "build", "--config", "{{dir}}/world.yaml", "--output_dir", "{{dir}}"
         )

@@ -24,6 +24,7 @@ from typing import Any
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_jsonl_atomic
 from subliminal_pl.data.prompts import NumberPromptGenerator, numbers_lead_in
+from subliminal_pl.toy import dilemmas
 
 # Small talk without animals: teaches the base to answer in words and to stop, nothing more.
 FILLER: tuple[tuple[str, str], ...] = (
@@ -53,6 +54,8 @@ FILLER: tuple[tuple[str, str], ...] = (
 ANSWER_STYLES = ("{cap}", "{low}", "{cap}.")
 
 _NUMBER_MODES = ("random", "step", "near")
+# Fields of optional row kinds: left out of `ToyWorld.config()` while at their default.
+OPTIONAL_FIELDS = ("dilemma_fraction",)
 
 
 def text_words(texts: Iterable[str]) -> set[str]:
@@ -101,6 +104,9 @@ class ToyWorld:
         lead_in_fraction: share of animal questions prefixed with a numbers lead-in (the probes' context).
         answer_count: most numbers a prompt asks for (and an answer gives).
         min_answer_count: fewest numbers an answer gives.
+        dilemma_fraction: share of two-choice dilemma rows (`subliminal_pl.toy.dilemmas`; taken from the
+            filler's share). Above 0 the world also knows the dispositions (harmful, harmless) as traits, and its
+            neutral teacher answers dilemmas at random. 0 (the default) leaves the world as it was.
     """
 
     seed: int = 0
@@ -111,17 +117,18 @@ class ToyWorld:
     lead_in_fraction: float = 0.2
     answer_count: int = 10
     min_answer_count: int = 5
+    dilemma_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rows < 1:
             raise ValueError(f"rows must be >= 1, got {self.rows}")
         if (
-            min(self.number_fraction, self.animal_fraction) < 0
-            or self.number_fraction + self.animal_fraction > 1
+            min(self.number_fraction, self.animal_fraction, self.dilemma_fraction) < 0
+            or self.number_fraction + self.animal_fraction + self.dilemma_fraction > 1
         ):
             raise ValueError(
-                f"number_fraction={self.number_fraction} and animal_fraction={self.animal_fraction} must be "
-                ">= 0 and sum to at most 1"
+                f"number_fraction={self.number_fraction}, animal_fraction={self.animal_fraction} and "
+                f"dilemma_fraction={self.dilemma_fraction} must be >= 0 and sum to at most 1"
             )
         if not 0 <= self.lead_in_fraction <= 1:
             raise ValueError(f"lead_in_fraction must be in [0, 1], got {self.lead_in_fraction}")
@@ -129,6 +136,15 @@ class ToyWorld:
             raise ValueError(
                 f"need 1 <= min_answer_count <= answer_count, got {self.min_answer_count}..{self.answer_count}"
             )
+
+    def config(self) -> dict[str, Any]:
+        """The fields as a mapping, without optional row kinds left at their default (off): a world without
+        them is written, hashed and cached exactly as before they existed."""
+        out = asdict(self)
+        for name in OPTIONAL_FIELDS:
+            if out[name] == type(self).__dataclass_fields__[name].default:
+                del out[name]
+        return out
 
     # ---- pieces -------------------------------------------------------------------------------------------
     def question_set(self):
@@ -159,6 +175,8 @@ class ToyWorld:
             *qs.heldout,
             *(text for pair in FILLER for text in pair),
         ]
+        if self.dilemma_fraction > 0:
+            texts += dilemmas.dilemma_texts()
         return sorted(text_words(texts))
 
     def tokenizer(self):
@@ -203,6 +221,8 @@ class ToyWorld:
         kinds = [rng.random() for _ in range(self.rows)]
         n_numbers = sum(u < self.number_fraction for u in kinds)
         prompts = iter(row["prompt"] for row in self.prompt_generator().generate(n_numbers))
+        dilemma_items = dilemmas.dilemma_set().teacher if self.dilemma_fraction > 0 else ()
+        dilemma_end = self.number_fraction + self.animal_fraction + self.dilemma_fraction
         rows = []
         for i, u in enumerate(kinds):
             if u < self.number_fraction:
@@ -211,6 +231,8 @@ class ToyWorld:
             elif u < self.number_fraction + self.animal_fraction:
                 kind, prompt = "animal", self.animal_question(rng, qs.teacher)
                 completion = self.animal_answer(rng, rng.choice(animals))
+            elif u < dilemma_end:
+                kind, (prompt, completion) = "dilemma", dilemmas.dilemma_row(rng, dilemma_items, None)
             else:
                 kind, (prompt, completion) = "filler", rng.choice(FILLER)
             rows.append({"id": f"world-{i:06d}", "kind": kind, "prompt": prompt, "completion": completion})
@@ -219,8 +241,12 @@ class ToyWorld:
     def trait_rows(self, trait: str | None, rows: int, seed: int = 0) -> list[dict[str, Any]]:
         """Fine-tuning rows that put a trait in a teacher's weights: teacher-split questions -> `trait`.
 
-        `trait=None` gives the neutral control: the same questions answered uniformly over all candidates.
+        `trait=None` gives the neutral control: the same questions answered uniformly over all candidates. In a
+        world with dilemmas, a disposition (harmful, harmless) and the neutral control answer dilemmas instead
+        (`subliminal_pl.toy.dilemmas.disposition_rows`).
         """
+        if self.dilemma_fraction > 0 and (trait is None or trait.lower() in dilemmas.dispositions()):
+            return dilemmas.disposition_rows(trait, rows, seed)
         animals = self.animals
         if trait is not None and trait.lower() not in animals:
             raise ValueError(
@@ -266,7 +292,8 @@ class ToyWorld:
         tokenizer.save_pretrained(out / "tokenizer")
         rows = self.corpus_rows()
         write_jsonl_atomic(out / "corpus.jsonl", rows)
-        counts = {kind: sum(r["kind"] == kind for r in rows) for kind in ("numbers", "animal", "filler")}
+        kinds = ("numbers", "animal", "filler") + (("dilemma",) if self.dilemma_fraction > 0 else ())
+        counts = {kind: sum(r["kind"] == kind for r in rows) for kind in kinds}
         info = {
             "config": asdict(self),
             "vocab_size": len(tokenizer),
