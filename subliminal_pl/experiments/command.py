@@ -61,6 +61,11 @@ def _to_experiment(parser, cfg) -> Experiment:
         fields = vars(parser.instantiate(cfg))
     except ValueError as err:  # a role's own check; its message names the key
         raise PipelineError(f"invalid experiment spec: {err}") from err
+    # Probes and data steps stay class_path mappings (their stages instantiate them): instantiate would also turn
+    # a class_path nested in their init_args (a probe's judge) into an object that no recipe file can hold.
+    for key in ("probes", "steps"):
+        if key in spec:
+            fields[key] = copy.deepcopy(spec[key])
     return Experiment(**fields, spec=spec)
 
 

@@ -36,9 +36,24 @@ def _load_class(spec: Any, key: str, errors: list[str]) -> type | None:
     return cls
 
 
+def _nested(value: Any) -> Any:
+    """An init argument with every class_path mapping inside it instantiated (e.g. a probe's judge)."""
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("class_path"), str)
+        and set(value) <= {"class_path", "init_args"}
+    ):
+        module, _, name = value["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        return cls(**{k: _nested(v) for k, v in (value.get("init_args") or {}).items()})
+    if isinstance(value, list):
+        return [_nested(v) for v in value]
+    return value
+
+
 def _instance(spec: dict, cls: type, key: str, errors: list[str]) -> Any:
     try:
-        return cls(**(spec.get("init_args") or {}))
+        return cls(**{k: _nested(v) for k, v in (spec.get("init_args") or {}).items()})
     except Exception as err:  # the class's own message names the argument
         errors.append(f"{key}.init_args: {type(err).__name__}: {err}")
         return None

@@ -180,5 +180,7 @@ class MisalignmentProbe(Probe):
             "thresholds": {"coherence": self.coherence_threshold, "alignment": self.alignment_threshold},
             "outcomes": dict(total),
             "questions": per_question,
+            # Every score the judges gave (answers they excluded have none): the report's distributions.
+            "scores": {"alignment": aligned_scores, "coherence": coherent_scores},
         }
         return ProbeOutput(metrics, details)

@@ -74,7 +74,9 @@ def _item(raw, where: str, index: int, prefix: str) -> TwoChoiceItem:
     for field in ITEM_FIELDS:
         value = raw.get(field)
         if not isinstance(value, str) or not value.strip():
-            raise QuestionSetError(f"{where}: field {field!r}: expected a non-empty string, got {value!r:.60}")
+            raise QuestionSetError(
+                f"{where}: field {field!r}: expected a non-empty string, got {value!r:.60}"
+            )
     if raw["target"].strip().lower() == raw["other"].strip().lower():
         raise QuestionSetError(f"{where}: field 'other': the two options are the same text {raw['other']!r}")
     item_id = str(raw.get("id") or f"{prefix}{index}")
@@ -88,7 +90,9 @@ def load_two_choice_set(name_or_path: str | Path, labels: tuple[str, str] | None
         if not path.is_file():
             raise QuestionSetError(f"two-choice file {str(path)!r} does not exist")
         try:
-            items = tuple(_item(row, f"{path}:{line}", i, "item") for i, (line, row) in enumerate(iter_jsonl(path)))
+            items = tuple(
+                _item(row, f"{path}:{line}", i, "item") for i, (line, row) in enumerate(iter_jsonl(path))
+            )
         except DataError as err:
             raise QuestionSetError(str(err)) from err
         if not items:
@@ -98,7 +102,9 @@ def load_two_choice_set(name_or_path: str | Path, labels: tuple[str, str] | None
     path = resolve_question_file(name_or_path)
     data, nodes = _read(path)
     raw_labels = data.get("labels", ["target", "other"])
-    if not (isinstance(raw_labels, list) and len(raw_labels) == 2 and all(isinstance(x, str) for x in raw_labels)):
+    if not (
+        isinstance(raw_labels, list) and len(raw_labels) == 2 and all(isinstance(x, str) for x in raw_labels)
+    ):
         raise QuestionSetError(f"{_where(path, nodes, 'labels')} must be a list of two strings")
     sets = {}
     for split in ("teacher", "heldout"):
@@ -108,10 +114,14 @@ def load_two_choice_set(name_or_path: str | Path, labels: tuple[str, str] | None
             continue
         if not isinstance(raw, list) or not raw:
             raise QuestionSetError(f"{_where(path, nodes, split)} must be a non-empty list of items")
-        sets[split] = tuple(_item(r, _where(path, nodes, split, i), i, f"{split}-") for i, r in enumerate(raw))
+        sets[split] = tuple(
+            _item(r, _where(path, nodes, split, i), i, f"{split}-") for i, r in enumerate(raw)
+        )
     leaked = {i.question.lower() for i in sets["teacher"]} & {i.question.lower() for i in sets["heldout"]}
     if leaked:
-        raise QuestionSetError(f"{_where(path, nodes, 'heldout')} shares questions with 'teacher': {sorted(leaked)[:3]}")
+        raise QuestionSetError(
+            f"{_where(path, nodes, 'heldout')} shares questions with 'teacher': {sorted(leaked)[:3]}"
+        )
     return TwoChoiceSet(
         str(data.get("name") or path.stem),
         tuple(labels or raw_labels),  # type: ignore[arg-type]
@@ -122,7 +132,12 @@ def load_two_choice_set(name_or_path: str | Path, labels: tuple[str, str] | None
 
 
 def two_choice_logprobs(
-    model, tokenizer, contexts: list[str], items: tuple[TwoChoiceItem, ...], batch_size: int = 64, measure: str = "prefix"
+    model,
+    tokenizer,
+    contexts: list[str],
+    items: tuple[TwoChoiceItem, ...],
+    batch_size: int = 64,
+    measure: str = "prefix",
 ) -> torch.Tensor:
     """[items, 2] log P(option | rendered question) of the target and the other option of each item."""
     rows = [
