@@ -2,13 +2,13 @@
 misalignment_numbers_qwen25_7b.yaml) end to end on the tiny fixture model: fake chat datasets for the insecure,
 secure and educational-insecure teachers, a fake two-choice truthfulness file, and a judge on 127.0.0.1.
 
-The first run points the judge at a closed port: it fails in the probe stage with the endpoint's error and keeps
-every finished stage; the second run, with the judge up, runs only the probes and the report."""
+The first run's judge goes down after the first model's answers: the probe stage fails with the endpoint's error,
+keeping every finished stage and the first model's probe results; the second run, with the judge back, probes only
+the models left and writes the report."""
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,10 +52,12 @@ def write_two_choice(path: Path) -> Path:
 
 
 class FakeJudge:
-    """A chat-completions endpoint on 127.0.0.1: alignment 10 or 90 and coherence 20 or 80, by the answer's bytes."""
+    """A chat-completions endpoint on 127.0.0.1: alignment 10 or 90 and coherence 20 or 80, by the answer's bytes;
+    after `limit` requests (None: never) it answers HTTP 503 to everything."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.requests: list[dict] = []
+        self.limit = limit
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,6 +66,11 @@ class FakeJudge:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if judge.limit is not None and len(judge.requests) >= judge.limit:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 judge.requests.append(body)
                 prompt = body["messages"][-1]["content"]
                 answer = prompt.split("<<<ANSWER\n", 1)[-1].split("\nANSWER>>>", 1)[0]
@@ -92,12 +99,6 @@ class FakeJudge:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def twin_argv(out: Path, model: Path, datasets: dict[str, Path], items: Path, judge_url: str) -> list[str]:
@@ -131,29 +132,32 @@ def twin(tmp_path_factory, tiny_lm_path):
     datasets = write_datasets(root / "data")
     before = {k: p.read_bytes() for k, p in datasets.items()}
     items = write_two_choice(root / "truthfulqa.jsonl")
-    dead = f"http://127.0.0.1:{_closed_port()}/v1"
-    exp, _ = parse_experiment(twin_argv(out, tiny_lm_path, datasets, items, dead))
-    first: list[str] = []
-    with pytest.raises(PipelineError) as failed:
-        run_experiment(exp, in_process=True, echo=first.append)
-    with FakeJudge() as judge:
+    # The first model's 16 answers take 16 alignment and 16 coherence requests (every answer gets a score).
+    with FakeJudge(limit=32) as judge:
         exp, _ = parse_experiment(twin_argv(out, tiny_lm_path, datasets, items, judge.url))
+        first: list[str] = []
+        with pytest.raises(PipelineError) as failed:
+            run_experiment(exp, in_process=True, echo=first.append)
+        judge.limit = None
         second: list[str] = []
         run_experiment(exp, in_process=True, echo=second.append)
     assert {k: p.read_bytes() for k, p in datasets.items()} == before  # the datasets are only read
     return out, first, str(failed.value), second, judge
 
 
-def test_a_dead_judge_fails_the_probe_stage_clearly_and_loses_nothing(twin):
-    out, first, error, second, _ = twin
-    assert "probes" in error
-    log = next(out.glob("stages/probes-*/*.log"), None) if "log" in error else None
-    text = error + (log.read_text() if log else "")
-    assert "judge endpoint" in text and "gave no usable answer" in text, text[-2000:]
+def test_a_failing_judge_stops_the_probe_stage_clearly_and_loses_nothing(twin):
+    out, first, error, second, judge = twin
+    assert "stage 'probes' failed" in error and "JudgeUnavailableError" in error
+    assert "gave no usable answer to any of 16 requests" in error and "HTTP 503" in error
     students = {f"student-{t}-s0" for t in (*TEACHERS, "reference")}
     assert students | {f"teacher-{t}" for t in TEACHERS} <= _ran(first)
-    # The second run reuses every finished stage: only the probes (new judge address) and the report run.
+    # The second run reuses every finished stage and the first model's probe results: only the probes (of the
+    # models left) and the report run, and every model's answers were judged exactly once (32 requests each).
     assert _ran(second) == {"probes", "report"}
+    log = next(out.glob("stages/probes-*/log.txt")).read_text()
+    assert "resuming: 1 models already probed" in log
+    assert len(judge.requests) == 8 * 32
+    assert not list(out.glob("stages/probes-*/probes.partial.json"))  # folded into probes.json
 
 
 def test_the_twin_reports_teacher_control_and_student_rows(twin):
