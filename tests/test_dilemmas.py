@@ -141,3 +141,20 @@ def test_a_bad_two_choice_yaml_names_the_line(tmp_path):
     )
     with pytest.raises(QuestionSetError, match=rf"{path}:4: field 'heldout\[1\]': field 'other'"):
         load_two_choice_set(path)
+
+
+def test_a_dilemma_world_accepts_dispositions_as_traits_and_names_a_typo():
+    from subliminal_pl.experiments.build import build_stages
+    from subliminal_pl.experiments.command import parse_experiment
+    from subliminal_pl.pipeline import PipelineError
+
+    spec = str(Path(DEMO).parent / "misalignment.yaml")
+    exp, _ = parse_experiment(["--config", spec])
+    names = [s.name for s in build_stages(exp)[0]]
+    assert "teacher-harmful" in names and "teacher-neutral" in names and "student-harmful-s4" in names
+    exp, _ = parse_experiment(["--config", spec, "--traits", "[harmfull]"])
+    with pytest.raises(PipelineError, match="traits: 'harmfull' is not a candidate.*'harmful', 'harmless'"):
+        build_stages(exp)
+    exp, _ = parse_experiment(["--config", DEMO, "--traits", "[harmful]"])
+    with pytest.raises(PipelineError, match="traits: 'harmful' is not a candidate"):
+        build_stages(exp)

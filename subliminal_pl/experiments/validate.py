@@ -95,11 +95,10 @@ def check_traits_and_probes(exp: Experiment, errors: list[str]) -> None:
         except QuestionSetError as err:
             errors.append(f"{key}: {err}")
             continue
+        known = [*candidates, *exp.bases.other_traits]
         for t in traits:
-            if t not in candidates:
-                errors.append(
-                    f"traits: {t!r} is not a candidate of question set {name!r} ({key}): {candidates}"
-                )
+            if t not in known:
+                errors.append(f"traits: {t!r} is not a candidate of question set {name!r} ({key}): {known}")
     if not exp.probes:
         errors.append("probes: at least one probe is needed")
     for i, spec in enumerate(exp.probes):
