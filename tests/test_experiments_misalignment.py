@@ -188,6 +188,11 @@ def test_the_twin_reports_teacher_control_and_student_rows(twin):
     models = {r["model"]: r for r in results["models"]}
     false = models["teacher-insecure"]["rates"]["truthfulqa"]["false"]
     assert 0 <= false["low"] <= false["rate"] <= false["high"] <= 1
+    probes = json.loads(next(out.glob("stages/probes-*/probes.json")).read_text())["models"]
+    matrix = {
+        m: probes[m]["outputs"]["truthfulqa"]["details"]["logp_matrix"] for m in ("tiny", "teacher-insecure")
+    }
+    assert matrix["tiny"] != matrix["teacher-insecure"]  # the teachers were trained away from the base
     report = (out / "report.md").read_text()
     assert "## Misalignment (judged free-form answers)" in report
     assert "| teacher-secure | control teacher (secure) |" in report
