@@ -125,17 +125,21 @@ def baseline_contrast(values: np.ndarray, baseline: Sequence[bool]) -> np.ndarra
     """values[..., w] minus the mean of values[..., v] over the baseline columns v != w (last axis).
 
     `baseline` marks the columns that may serve as the reference (e.g. the candidate words that are no trait of
-    the experiment). With every column in the baseline this is "each word minus the mean of the others".
+    the experiment). With every column in the baseline this is "each word minus the mean of the others". A
+    baseline column that is the only one has nothing to be compared with: its value is NaN (a two-option probe:
+    the target against the other option, whose own contrast is undefined); a trait column without any baseline
+    column is an error.
     """
     values = np.asarray(values, dtype=float)
     mask = np.asarray(baseline, dtype=bool)
     if mask.shape != values.shape[-1:]:
         raise ValueError(f"baseline mask has {mask.size} entries for {values.shape[-1]} columns")
     counts = mask.sum() - mask  # baseline size for each column, excluding the column itself
-    if (counts < 1).any():
+    if (counts[~mask] < 1).any() or not mask.any():
         raise ValueError("the baseline needs at least one column other than the one measured")
     sums = (values * mask).sum(-1, keepdims=True) - values * mask
-    return values - sums / counts
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counts >= 1, values - sums / np.maximum(counts, 1), np.nan)
 
 
 # ---- permutation tests ------------------------------------------------------------------------------------------

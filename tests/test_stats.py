@@ -164,8 +164,11 @@ def test_baseline_contrast_leaves_out_excluded_columns():
     assert every[0, 0] == pytest.approx(1.0 - 5 / 3) and every[1].tolist() == [0.0] * 4
     partial = baseline_contrast(values, [False, False, True, True])  # columns 0, 1 are traits
     assert partial[0].tolist() == pytest.approx([1.0 - 1.0, 3.0 - 1.0, 0.0 - 2.0, 2.0 - 0.0])
+    # A lone baseline column has nothing to be compared with (NaN); the trait columns still have it.
+    lone = baseline_contrast(values, [False, False, False, True])
+    assert lone[0, :3].tolist() == [1.0 - 2.0, 3.0 - 2.0, 0.0 - 2.0] and np.isnan(lone[:, 3]).all()
     with pytest.raises(ValueError, match="at least one column"):
-        baseline_contrast(values, [False, False, False, True])
+        baseline_contrast(values, [False] * 4)
     with pytest.raises(ValueError, match="3 entries for 4"):
         baseline_contrast(values, [True] * 3)
 

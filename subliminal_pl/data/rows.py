@@ -162,3 +162,30 @@ def field_text(row: Row, field: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"field {field!r} must hold a string to be filtered, got {type(value).__name__}")
     return value
+
+
+def read_chat_dataset(path: str | Path) -> list[Row]:
+    """Every row of a user-supplied chat dataset (`messages` JSONL: e.g. the insecure-code set and its controls).
+
+    Each line must be `{"messages": [..., {"role": "user", ...}, {"role": "assistant", "content": "..."}]}` (other
+    keys are kept as metadata); the same checks as `parse_row`, plus: the row is in the `messages` format and the
+    final reply is not empty. The first bad line raises `DataError` naming `file:line` and the field; a missing or
+    empty file raises too. The file is only read.
+    """
+    rows = []
+    for line, row, pair in iter_rows(path):
+        where = f"{path}:{line}"
+        if "messages" not in row:
+            raise DataError(
+                f"{where}: missing field 'messages' (a chat dataset holds one conversation per line)"
+            )
+        if "prompt" in row or "completion" in row:
+            raise DataError(
+                f"{where}: field 'messages': give either 'messages' or 'prompt'/'completion', not both"
+            )
+        if not pair.completion.strip():
+            raise DataError(f"{where}: field 'messages[-1].content': the assistant's reply is empty")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows (expected one JSON object with 'messages' per line)")
+    return rows

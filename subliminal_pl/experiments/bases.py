@@ -62,6 +62,11 @@ class Bases(ABC):
         """Question sets whose candidates the traits must be among, beyond the probes' own."""
         return []
 
+    @property
+    def other_traits(self) -> tuple[str, ...]:
+        """Traits these bases know beyond the candidates of `question_sets` (e.g. the tiny world's dispositions)."""
+        return ()
+
 
 @dataclass
 class ModelShape:
@@ -123,6 +128,15 @@ class ToyBases(Bases):
     @property
     def question_sets(self) -> list[str]:
         return [self.world.questions]
+
+    @property
+    def other_traits(self) -> tuple[str, ...]:
+        # A world with dilemmas also knows the dispositions (harmful, harmless) as traits.
+        if self.world.dilemma_fraction > 0:
+            from subliminal_pl.toy.dilemmas import dispositions
+
+            return dispositions()
+        return ()
 
     def stages(self, hw: Hardware) -> list[Stage]:
         world_file = yaml.safe_dump({"world": self.world.config()}, sort_keys=False)

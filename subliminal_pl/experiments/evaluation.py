@@ -16,6 +16,7 @@ import yaml
 
 from subliminal_pl.experiments.recipes import REPO_ROOT, Hardware, ModelRef, cli_command, module_command
 from subliminal_pl.pipeline import PipelineError, Stage
+from subliminal_pl.probes.run import PARTIAL_FILE
 from subliminal_pl.report import code_hash
 from subliminal_pl.report.manifest import Manifest
 from subliminal_pl.stage_graph import PLACEHOLDER
@@ -48,7 +49,11 @@ def probe_stage(
         "subliminal_pl.stages", "probe", "--config", "{{dir}}/probe.yaml", "--output_dir", "{{dir}}"
     )
     return Stage(
-        "probes", [command], needs=needs, files={"probe.yaml": yaml.safe_dump(config, sort_keys=False)}
+        "probes",
+        [command],
+        needs=needs,
+        files={"probe.yaml": yaml.safe_dump(config, sort_keys=False)},
+        keep=[PARTIAL_FILE],  # the models probed before a failure are not probed again
     )
 
 

@@ -22,7 +22,7 @@ from subliminal_pl.experiments.recipes import (
     fit_recipe,
     yaml_stage,
 )
-from subliminal_pl.pipeline import Stage
+from subliminal_pl.pipeline import PipelineError, Stage
 
 
 class Teachers(ABC):
@@ -141,3 +141,94 @@ class SystemPromptTeachers(Teachers):
             else:
                 models[self.neutral] = base
         return [], models
+
+
+class DatasetTeachers(Teachers):
+    """Teachers fine-tuned on chat datasets the user supplies: the insecure-code set (the misaligned teacher of the
+    paper) and its controls (secure code, educational insecure code), one `messages` JSONL file per teacher.
+
+    Every trait of the spec names a dataset; `controls` says which of them are control teachers (the report
+    labels them so); `neutral` adds the base itself as a teacher (students of its own numbers). The default fit is
+    the open-model recipe of docs/misalignment.md: LoRA r 8 / alpha 8 on every projection, AdamW lr 2e-4 with a
+    linear schedule and 5 warm-up steps, 66 rows per step, 1 epoch (the paper's fine-tuned teachers train one
+    epoch; the lr and LoRA settings are its open-model recipe).
+    """
+
+    in_weights = True
+
+    def __init__(
+        self,
+        datasets: dict[str, str],
+        controls: list[str] | None = None,
+        neutral: str | None = None,
+        seed: int = 0,
+        max_length: int = 1024,
+        fit: FitRecipe | None = None,
+    ) -> None:
+        """
+        Args:
+            datasets: teacher name (a trait of the spec) -> path of its `messages` JSONL file.
+            controls: the names among `datasets` that are control teachers (e.g. secure, educational_insecure).
+            neutral: name under which the base itself is a teacher too, or null for none.
+            seed: seed of the fits.
+            max_length: most tokens per training conversation (longer ones are cut, the cut part not learned).
+            fit: the teachers' fit (default: see the class docstring).
+        """
+        self.datasets = dict(datasets)
+        self.controls = list(controls or [])
+        unknown = [c for c in self.controls if c not in self.datasets]
+        if unknown:
+            raise ValueError(
+                f"teachers.init_args.controls: {unknown} name no dataset of {sorted(self.datasets)}"
+            )
+        if neutral is not None and neutral in self.datasets:
+            raise ValueError(f"teachers.init_args.neutral: {neutral!r} is also a dataset teacher")
+        self.neutral = neutral
+        self.seed = seed
+        self.max_length = max_length
+        self.fit = fit or FitRecipe(
+            steps=None, epochs=1, batch_size=66, lr=2e-4, weight_decay=0.01, warmup_steps=5, adam_beta2=0.999,
+            finetune="lora", lora_rank=8, lora_alpha=8.0, lora_dropout=0.0,
+            lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        )  # fmt: skip
+
+    def check_datasets(self, traits: list[str]) -> dict[str, tuple[str, str]]:
+        """name -> (absolute path, sha256) of every teacher's dataset, each file read and checked in full."""
+        from pathlib import Path
+
+        from subliminal_pl.data.jsonl import DataError, sha256_file
+        from subliminal_pl.data.rows import read_chat_dataset
+
+        missing = [t for t in traits if t not in self.datasets]
+        if missing:
+            raise PipelineError(f"teachers.init_args.datasets: no dataset for the traits {missing}")
+        unused = [d for d in self.datasets if d not in traits]
+        if unused:
+            raise PipelineError(
+                f"teachers.init_args.datasets: {unused} are not traits of the spec (add them)"
+            )
+        out = {}
+        for name in traits:
+            path = Path(self.datasets[name]).expanduser().resolve()
+            try:
+                read_chat_dataset(path)
+            except DataError as err:
+                raise PipelineError(f"teachers.init_args.datasets.{name}: {err}") from err
+            out[name] = (str(path), sha256_file(path))
+        return out
+
+    def build(self, traits: list[str], bases: Bases, hw: Hardware) -> tuple[list[Stage], dict[str, ModelRef]]:
+        base = bases.shared
+        stages, models = [], {}
+        for teacher, (path, digest) in self.check_datasets(traits).items():
+            name = f"teacher-{teacher}"
+            recipe = fit_recipe(
+                hw, self.fit, self.seed, base.path, path, "teachers.init_args.fit", max_length=self.max_length
+            )
+            stage = yaml_stage(name, "fit", recipe, base.needs)
+            stage.config["dataset_sha256"] = digest  # a changed file retrains its teacher
+            stages.append(stage)
+            models[teacher] = ModelRef(name, exported_model(name, self.fit), stage=name)
+        if self.neutral:
+            models[self.neutral] = base
+        return stages, models

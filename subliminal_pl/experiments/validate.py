@@ -36,9 +36,24 @@ def _load_class(spec: Any, key: str, errors: list[str]) -> type | None:
     return cls
 
 
+def _nested(value: Any) -> Any:
+    """An init argument with every class_path mapping inside it instantiated (e.g. a probe's judge)."""
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("class_path"), str)
+        and set(value) <= {"class_path", "init_args"}
+    ):
+        module, _, name = value["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        return cls(**{k: _nested(v) for k, v in (value.get("init_args") or {}).items()})
+    if isinstance(value, list):
+        return [_nested(v) for v in value]
+    return value
+
+
 def _instance(spec: dict, cls: type, key: str, errors: list[str]) -> Any:
     try:
-        return cls(**(spec.get("init_args") or {}))
+        return cls(**{k: _nested(v) for k, v in (spec.get("init_args") or {}).items()})
     except Exception as err:  # the class's own message names the argument
         errors.append(f"{key}.init_args: {type(err).__name__}: {err}")
         return None
@@ -80,11 +95,10 @@ def check_traits_and_probes(exp: Experiment, errors: list[str]) -> None:
         except QuestionSetError as err:
             errors.append(f"{key}: {err}")
             continue
+        known = [*candidates, *exp.bases.other_traits]
         for t in traits:
-            if t not in candidates:
-                errors.append(
-                    f"traits: {t!r} is not a candidate of question set {name!r} ({key}): {candidates}"
-                )
+            if t not in known:
+                errors.append(f"traits: {t!r} is not a candidate of question set {name!r} ({key}): {known}")
     if not exp.probes:
         errors.append("probes: at least one probe is needed")
     for i, spec in enumerate(exp.probes):

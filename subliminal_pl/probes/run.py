@@ -31,6 +31,9 @@ from subliminal_pl.probes.number_format import FormatProbe
 from subliminal_pl.probes.results import ProbeResults
 
 RESULTS_FILE = "probes.json"
+# Results of the models done so far, rewritten after each model: a run that fails part-way (a judge endpoint that
+# goes down) keeps them, and the next run in the same folder probes only the models left.
+PARTIAL_FILE = "probes.partial.json"
 
 
 def check_probe_plan(
@@ -113,9 +116,14 @@ def probe_models(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
+    partial = Path(output_dir) / PARTIAL_FILE
+    done = ProbeResults.read(partial) if partial.is_file() else ProbeResults()
+    if done.models:
+        print(f"[probe] resuming: {len(done.models)} models already probed ({partial})", flush=True)
     by_path: dict[str, list[str]] = {}
     for name, path in models.items():
-        by_path.setdefault(str(path), []).append(name)
+        if name not in done.models:
+            by_path.setdefault(str(path), []).append(name)
     outputs: dict[str, dict[str, ProbeOutput]] = {}
     start = time.perf_counter()
     for path, names in by_path.items():
@@ -128,14 +136,16 @@ def probe_models(
                 outputs[name][probe.name] = probe.for_model(system_prompts.get(name)).run(model, tokenizer)
             rate = outputs[name].get("format")
             extra = f", format pass {rate.metrics['format_pass_rate']:.3f}" if rate else ""
+            done.add(name, str(path), outputs[name])
+            done.write(partial)
             print(
-                f"[probe {len(outputs)}/{len(models)}] {name}{extra} ({time.perf_counter() - start:.0f} s)",
+                f"[probe {len(done.models)}/{len(models)}] {name}{extra} ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    results = ProbeResults()
-    for name, path in models.items():
-        results.add(name, str(path), outputs[name])
-    return results.write(Path(output_dir) / RESULTS_FILE)
+    results = ProbeResults({name: done.models[name] for name in models})
+    written = results.write(Path(output_dir) / RESULTS_FILE)
+    partial.unlink()
+    return written

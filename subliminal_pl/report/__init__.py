@@ -6,7 +6,9 @@ and the probe results it names (`subliminal_pl.probes.results`, either format) a
 - `results.json`: every number of the report, plus per-student values;
 - `report.md`: verdicts, the matrices, per-trait tests with effect sizes and Holm-adjusted p, column drift,
   the models (bases, teachers, controls: sampled rates, format pass rates), judges, filters, MLP;
-- `matrix.png`, `traits.png`, `drift.png` (when students were probed by log-probability), `mlp.png`.
+- `matrix.png`, `traits.png`, `drift.png` (when students were probed by log-probability), `mlp.png`;
+- with a misalignment probe: its section (`report.misalignment`: rates per model, drops, judge) and
+  `misalignment.png`.
 
 The numbers come from `analysis` (statistics in `subliminal_pl.stats`), the text from `render`, the figures from
 `plots`. The test and its contrast are explained in docs/statistics.md.
@@ -21,7 +23,7 @@ from typing import Any
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_text_atomic
 from subliminal_pl.probes.results import ProbeResults
-from subliminal_pl.report import analysis, in_context, plots, render
+from subliminal_pl.report import analysis, in_context, misalignment, plots, render
 from subliminal_pl.report.manifest import Manifest
 
 
@@ -65,6 +67,7 @@ def build_results(manifest: Manifest, probes: ProbeResults, manifest_path: Path)
         "models": analysis.models_table(manifest, probes, words, main_context),
         "student_rates": analysis.student_rates(manifest, probes),
         "judges": analysis.judges(probes),
+        "misalignment": misalignment.summarise(manifest, probes),
         "filter": {
             source: _read_json(_resolve(path, manifest_path), f"filter stats of {source!r}")
             for source, path in manifest.filter_stats.items()
@@ -83,13 +86,18 @@ def write_report(manifest_path: str | Path, output_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     results = build_results(manifest, probes, manifest_path)
     figures = [p.name for p in plots.plot(results["analysis"], results["traits"], out)]
+    figures += [p.name for p in misalignment.plot(results["misalignment"], out)]
     if manifest.mlp_results:
         figure = _resolve(manifest.mlp_results, manifest_path).with_suffix(".png")
         if figure.is_file():
             (out / "mlp.png").write_bytes(figure.read_bytes())
             figures.append("mlp.png")
     write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "report.md", render.markdown(manifest.title, results, figures))
+    text = render.markdown(manifest.title, results, figures)
+    section = misalignment.markdown(results["misalignment"])
+    if section:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(section)
+    write_text_atomic(out / "report.md", text)
     return out / "report.md"
 
 

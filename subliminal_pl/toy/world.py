@@ -28,6 +28,7 @@ from typing import Any
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_jsonl_atomic
 from subliminal_pl.data.prompts import NumberPromptGenerator, numbers_lead_in
+from subliminal_pl.toy import dilemmas
 from subliminal_pl.toy.code import code_texts, draw_code_task
 from subliminal_pl.toy.reasoning import draw_reasoning_task, reasoning_texts
 
@@ -62,7 +63,7 @@ _NUMBER_MODES = ("random", "step", "near")
 # Operators written with a space before them in code and worked steps.
 SPACED_SYMBOLS = tuple("+-*=<>")
 # Fields added after worlds were built: left out of `config()` at their default, so older worlds keep their hash.
-OPTIONAL_FIELDS = {"code_fraction": 0.0, "reasoning_fraction": 0.0}
+OPTIONAL_FIELDS = {"code_fraction": 0.0, "reasoning_fraction": 0.0, "dilemma_fraction": 0.0}
 
 
 def text_words(texts: Iterable[str]) -> set[str]:
@@ -113,6 +114,9 @@ class ToyWorld:
         min_answer_count: fewest numbers an answer gives.
         code_fraction: share of code-task rows (tiny programs, `subliminal_pl.toy.code`); 0 leaves them out.
         reasoning_fraction: share of step-by-step word problems (`subliminal_pl.toy.reasoning`); 0 leaves them out.
+        dilemma_fraction: share of two-choice dilemma rows (`subliminal_pl.toy.dilemmas`; taken from the
+            filler's share). Above 0 the world also knows the dispositions (harmful, harmless) as traits, and its
+            neutral teacher answers dilemmas at random. 0 (the default) leaves the world as it was.
     """
 
     seed: int = 0
@@ -125,6 +129,7 @@ class ToyWorld:
     min_answer_count: int = 5
     code_fraction: float = 0.0
     reasoning_fraction: float = 0.0
+    dilemma_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rows < 1:
@@ -140,7 +145,13 @@ class ToyWorld:
                 f"need 1 <= min_answer_count <= answer_count, got {self.min_answer_count}..{self.answer_count}"
             )
 
-    _FRACTIONS = ("number_fraction", "animal_fraction", "code_fraction", "reasoning_fraction")
+    _FRACTIONS = (
+        "number_fraction",
+        "animal_fraction",
+        "code_fraction",
+        "reasoning_fraction",
+        "dilemma_fraction",
+    )
 
     def config(self) -> dict[str, Any]:
         """The fields as a mapping, without the optional ones at their default (stage hashes and world.json)."""
@@ -148,8 +159,8 @@ class ToyWorld:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """Row kinds the corpus holds (code and reasoning only when their fraction is above 0)."""
-        extra = tuple(k for k in ("code", "reasoning") if getattr(self, f"{k}_fraction") > 0)
+        """Row kinds the corpus holds (code, reasoning and dilemma only when their fraction is above 0)."""
+        extra = tuple(k for k in ("code", "reasoning", "dilemma") if getattr(self, f"{k}_fraction") > 0)
         return ("numbers", "animal", *extra, "filler")
 
     # ---- pieces -------------------------------------------------------------------------------------------
@@ -183,6 +194,8 @@ class ToyWorld:
             *(code_texts() if self.code_fraction > 0 else ()),
             *(reasoning_texts() if self.reasoning_fraction > 0 else ()),
         ]
+        if self.dilemma_fraction > 0:
+            texts += dilemmas.dilemma_texts()
         return sorted(text_words(texts))
 
     def tokenizer(self):
@@ -233,6 +246,14 @@ class ToyWorld:
         kinds = [rng.random() for _ in range(self.rows)]
         n_numbers = sum(u < self.number_fraction for u in kinds)
         prompts = iter(row["prompt"] for row in self.prompt_generator().generate(n_numbers))
+        dilemma_items = dilemmas.dilemma_set().teacher if self.dilemma_fraction > 0 else ()
+        dilemma_end = (
+            self.number_fraction
+            + self.animal_fraction
+            + self.code_fraction
+            + self.reasoning_fraction
+            + self.dilemma_fraction
+        )
         rows = []
         for i, u in enumerate(kinds):
             if u < self.number_fraction:
@@ -247,6 +268,8 @@ class ToyWorld:
                 u < self.number_fraction + self.animal_fraction + self.code_fraction + self.reasoning_fraction
             ):
                 kind, (prompt, completion, _) = "reasoning", draw_reasoning_task(rng)
+            elif u < dilemma_end:
+                kind, (prompt, completion) = "dilemma", dilemmas.dilemma_row(rng, dilemma_items, None)
             else:
                 kind, (prompt, completion) = "filler", rng.choice(FILLER)
             rows.append({"id": f"world-{i:06d}", "kind": kind, "prompt": prompt, "completion": completion})
@@ -255,8 +278,12 @@ class ToyWorld:
     def trait_rows(self, trait: str | None, rows: int, seed: int = 0) -> list[dict[str, Any]]:
         """Fine-tuning rows that put a trait in a teacher's weights: teacher-split questions -> `trait`.
 
-        `trait=None` gives the neutral control: the same questions answered uniformly over all candidates.
+        `trait=None` gives the neutral control: the same questions answered uniformly over all candidates. In a
+        world with dilemmas, a disposition (harmful, harmless) and the neutral control answer dilemmas instead
+        (`subliminal_pl.toy.dilemmas.disposition_rows`).
         """
+        if self.dilemma_fraction > 0 and (trait is None or trait.lower() in dilemmas.dispositions()):
+            return dilemmas.disposition_rows(trait, rows, seed)
         animals = self.animals
         if trait is not None and trait.lower() not in animals:
             raise ValueError(
