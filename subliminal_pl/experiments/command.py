@@ -78,7 +78,8 @@ def variant_experiments(exp: Experiment) -> dict[str, Experiment]:
     parser = experiment_parser(exit_on_error=False)
     base = {k: v for k, v in exp.spec.items() if k != "variants"}
     out = {}
-    for name, overrides in exp.variants.items():
+    # The overrides as written: the parsed `variants` field may hold instantiated class_path objects.
+    for name, overrides in exp.spec.get("variants", exp.variants).items():
         merged = deep_merge(base, overrides)
         merged["out_dir"] = exp.out_dir
         try:
@@ -125,6 +126,11 @@ def run_experiment(
 
         summary = write_sweep_summary({n: p / "results.json" for n, p in reports.items()}, out_dir)
         echo(f"sweep summary: {summary}")
+        from subliminal_pl.report.defences import write_defence_summary
+
+        matrix = write_defence_summary({n: p / "results.json" for n, p in reports.items()}, out_dir)
+        if matrix is not None:
+            echo(f"defence matrix: {matrix}")
     return reports
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_text_atomic
 from subliminal_pl.probes.results import ProbeResults
-from subliminal_pl.report import analysis, plots, render
+from subliminal_pl.report import analysis, defences, detection, plots, render
 from subliminal_pl.report.manifest import Manifest
 
 
@@ -70,6 +70,13 @@ def build_results(manifest: Manifest, probes: ProbeResults, manifest_path: Path)
             for source, path in manifest.filter_stats.items()
         },
         "mlp": mlp,
+        "defence": defences.section(manifest, probes, lambda p: _resolve(p, manifest_path)),
+        "detection": detection.section(
+            _resolve(manifest.audit, manifest_path) if manifest.audit else None,
+            analyses.get(main_context, empty),
+            traits,
+            manifest.neutral,
+        ),
     }
 
 
