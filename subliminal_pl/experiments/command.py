@@ -61,6 +61,8 @@ def _to_experiment(parser, cfg) -> Experiment:
         fields = vars(parser.instantiate(cfg))
     except ValueError as err:  # a role's own check; its message names the key
         raise PipelineError(f"invalid experiment spec: {err}") from err
+    # Overrides stay as written: instantiating would turn a class_path in them (a defence) into an object.
+    fields["variants"] = spec.get("variants") or {}
     return Experiment(**fields, spec=spec)
 
 
@@ -78,8 +80,7 @@ def variant_experiments(exp: Experiment) -> dict[str, Experiment]:
     parser = experiment_parser(exit_on_error=False)
     base = {k: v for k, v in exp.spec.items() if k != "variants"}
     out = {}
-    # The overrides as written: the parsed `variants` field may hold instantiated class_path objects.
-    for name, overrides in exp.spec.get("variants", exp.variants).items():
+    for name, overrides in exp.variants.items():
         merged = deep_merge(base, overrides)
         merged["out_dir"] = exp.out_dir
         try:
