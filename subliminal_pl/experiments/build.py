@@ -58,6 +58,16 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
         )  # fmt: skip
         stages += defence_stages
 
+    # Detection reads only the teachers and their data: listed before the students, so it runs first.
+    probes, probe_needs, audit = exp.probes, [], None
+    if exp.detection is not None:
+        detect, extra, probe_needs = detection_stages(
+            exp.detection, bases, teachers, data, exp.students.loss, carrier.token_subset,
+            carrier.format_check(bases.answer_count),
+        )  # fmt: skip
+        stages += detect
+        probes, audit = [*exp.probes, *extra], f"{stage_dir('audit')}/audit.json"
+
     student_stages, entries, student_models = exp.students.build(
         hw, shared, controls, teachers, exp.teachers.neutral, data, carrier.token_subset
     )
@@ -69,14 +79,6 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
         models.setdefault(ref.name, ref)
     format_check = list(models)
     models.update({name: ModelRef(name, path, stage=name) for name, path in student_models.items()})
-    probes, probe_needs, audit = exp.probes, [], None
-    if exp.detection is not None:
-        detect, extra, probe_needs = detection_stages(
-            exp.detection, bases, teachers, data, exp.students.loss, carrier.token_subset,
-            carrier.format_check(bases.answer_count),
-        )  # fmt: skip
-        stages += detect
-        probes, audit = [*exp.probes, *extra], f"{stage_dir('audit')}/audit.json"
     probe = probe_stage(models, format_check, probes, carrier.format_check(bases.answer_count), hw)
     probe.needs = sorted({*probe.needs, *probe_needs})
     stages.append(probe)
