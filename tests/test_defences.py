@@ -189,6 +189,22 @@ def test_classifier_on_identical_sources_is_near_chance_and_on_separable_sources
     assert apart["base_features"]["lift"]["low"] > 0.2
 
 
+def test_twin_rows_of_one_prompt_never_straddle_a_split():
+    # Both teachers answer the same prompts: each pair shares a large prompt component and no class signal. Split
+    # apart, twins carry the prompt across with the opposite label and the held-out AUROC falls far below 0.5.
+    rng = np.random.default_rng(5)
+    prompt = rng.normal(0, 3, (80, 8))
+    ids = np.array([f"numbers-{i:03d}" for i in range(80)])
+
+    def side():
+        f = fake_features(rng, 80, 0.0, 0)
+        return {**f, "hidden": prompt + rng.normal(0, 0.3, (80, 8)), "ids": ids}
+
+    out = classify(side(), side(), n_boot=60)
+    assert abs(out["base_features"]["auroc"] - 0.5) < 0.12
+    assert out["base_features"]["low"] < 0.5 < out["base_features"]["high"]
+
+
 def test_update_cosine_is_one_for_identical_updates_and_minus_one_for_opposite():
     g = torch.Generator().manual_seed(0)
     a = {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}

@@ -57,7 +57,8 @@ def _batch(tokenizer, encoded: list[dict[str, list[int]]]) -> dict[str, torch.Te
 
 def row_features(model, tokenizer, rows: list[Row], max_length: int = 256) -> dict[str, np.ndarray]:
     """Per-row features under `model` (module docstring): arrays keyed hidden [n, d], loss, length, grad_norm [n],
-    tokens (every row's completion tokens, concatenated) and offsets [n + 1] (row i is tokens[o[i]:o[i+1]])."""
+    tokens (every row's completion tokens, concatenated), offsets [n + 1] (row i is tokens[o[i]:o[i+1]]) and
+    ids [n] (the rows' ids, as text)."""
     params = [p for p in model.parameters() if p.requires_grad]
     hidden, loss, length, grad_norm, tokens, offsets = [], [], [], [], [], [0]
     for enc in encode_rows(tokenizer, rows, max_length):
@@ -83,6 +84,8 @@ def row_features(model, tokenizer, rows: list[Row], max_length: int = 256) -> di
         "grad_norm": np.array(grad_norm),
         "tokens": np.array(tokens, dtype=np.int64),
         "offsets": np.array(offsets, dtype=np.int64),
+        # Row ids: rows of two teachers answering the same prompt share one (the classifiers keep them together).
+        "ids": np.array([str(row.get("id", i)) for i, row in enumerate(rows)]),
     }
 
 

@@ -4,11 +4,13 @@ update-cosine audit predict the transfer measured after training?
 Classifiers (per trait teacher, its rows against the neutral teacher's rows, features from the audit stage,
 `subliminal_pl.models.audit`): L2-regularised logistic regression on (a) token counts of the completions, (b) the
 base model's mean hidden state over the completion, and (c) the confounds alone: completion length, the base's
-loss and the loss-gradient norm. Scores are out-of-fold (two stratified folds, each scored by the model fit on
-the other), so every AUROC is held out. Interval: percentiles of out-of-bag AUROCs, each from classifiers refit on
-a stratified bootstrap sample of the rows and scored on the rows that sample left out; it holds the training
-variance too (an interval of the scores alone, with the fitted models held fixed, excluded 0.5 in up to 20% of
-null simulations; this one in about 5% or fewer, see tests/test_defences.py). `lift` is the detector's AUROC minus
+loss and the loss-gradient norm. Every AUROC is held out: classifiers are refit on a bootstrap sample of the rows
+and scored on the rows that sample left out (out-of-bag); the AUROC is the mean over draws and its 95% interval
+the 2.5-97.5 percentiles. Rows are grouped by id (the two teachers' answers to one prompt) and a group never
+straddles a split: with twins on both sides, a classifier learns the prompt with one label and scores its twin,
+which carries the other, so held-out AUROCs fell far below 0.5 (0.18-0.41 measured on masked rows before this).
+The interval holds the training variance too (an interval of the scores alone, with the fitted models held
+fixed, excluded 0.5 in up to 20% of null simulations; this one in about 3%, see tests/test_defences.py). `lift` is the detector's AUROC minus
 the confound baseline's, its interval from the same draws (paired): a detector that only sees row length scores a
 lift near 0, however high its AUROC. No p-value is given for an AUROC.
 
@@ -82,34 +84,27 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def out_of_fold_scores(x: np.ndarray, y: np.ndarray, seed: int = 0, l2: float = 1.0) -> np.ndarray:
-    """Scores of every row from the model fit on the other of two stratified folds."""
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(y), dtype=int)
-    for label in (0, 1):
-        idx = np.flatnonzero(y == label)
-        fold[rng.permutation(idx)[: len(idx) // 2]] = 1
-    scores = np.zeros(len(y))
-    for k in (0, 1):
-        train, test = fold != k, fold == k
-        xtr, xte = standardise(x[train], x[test])
-        w = fit_logistic(xtr, y[train].astype(float), l2)
-        scores[test] = xte @ w[:-1] + w[-1]
-    return scores
+def group_members(groups: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each distinct group."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    return [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
 
 
 def bootstrap_heldout(
-    sets: dict[str, np.ndarray], y: np.ndarray, seed: int = 0, n: int = BOOTSTRAP
+    sets: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray, seed: int = 0, n: int = BOOTSTRAP
 ) -> dict[str, np.ndarray]:
-    """name -> [n] held-out AUROCs: each draw refits every classifier on a stratified bootstrap sample of the rows
-    and scores the rows it left out (out-of-bag), the same draw for every feature set (paired)."""
+    """name -> [n] held-out AUROCs: each draw refits every classifier on a bootstrap sample of the groups and
+    scores the rows of the groups it left out (out-of-bag), the same draw for every feature set (paired)."""
+    members = group_members(groups)
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     out: dict[str, list[float]] = {name: [] for name in sets}
     for _ in range(n):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        oob = np.setdiff1d(np.arange(len(y)), idx)
-        if len(np.unique(y[oob])) < 2:
+        drawn = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[g] for g in drawn])
+        oob = np.concatenate(
+            [members[g] for g in np.setdiff1d(np.arange(len(members)), drawn)] or [[]]
+        ).astype(int)
+        if len(np.unique(y[oob])) < 2 or len(np.unique(y[idx])) < 2:
             continue
         for name, x in sets.items():
             xtr, xte = standardise(x[idx], x[oob])
@@ -118,9 +113,9 @@ def bootstrap_heldout(
     return {name: np.array(v) for name, v in out.items()}
 
 
-def _interval(values: np.ndarray, point: float) -> dict[str, float]:
+def _summary(values: np.ndarray) -> dict[str, float]:
     low, high = np.nanpercentile(values, [2.5, 97.5])
-    return {"auroc": point, "low": float(low), "high": float(high)}
+    return {"auroc": float(np.nanmean(values)), "low": float(low), "high": float(high), "draws": len(values)}
 
 
 def token_counts(features: dict[str, np.ndarray], vocab: np.ndarray) -> np.ndarray:
@@ -138,6 +133,11 @@ def classify(
 ) -> dict[str, Any]:
     """Held-out AUROCs (with intervals) of the three classifiers and the lift of each detector over confounds."""
     y = np.concatenate([np.ones(len(trait["loss"])), np.zeros(len(neutral["loss"]))])
+    # Rows of the two teachers that answer the same prompt (same id) stay on one side of every split: a twin on
+    # the other side would carry its prompt's features across, with the opposite label. Features without ids
+    # (older audits) pair rows by position, which is the pairing when both files were sampled alike.
+    ids = [f["ids"] if "ids" in f else np.arange(len(f["loss"])).astype(str) for f in (trait, neutral)]
+    groups = np.concatenate(ids)
     vocab = np.unique(np.concatenate([trait["tokens"], neutral["tokens"]]))
     sets = {
         "token_counts": np.vstack([token_counts(trait, vocab), token_counts(neutral, vocab)]),
@@ -149,15 +149,14 @@ def classify(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        scores = {name: out_of_fold_scores(x, y, seed) for name, x in sets.items()}
-        boot = bootstrap_heldout(sets, y, seed, n_boot)
+        boot = bootstrap_heldout(sets, y, groups, seed, n_boot)
     out: dict[str, Any] = {"rows": {"trait": int(y.sum()), "neutral": int((1 - y).sum())}}
-    for name, s in scores.items():
-        out[name] = _interval(boot[name], auroc(s, y))
+    for name, values in boot.items():
+        out[name] = _summary(values)
     for name in ("token_counts", "base_features"):
-        lift = out[name]["auroc"] - out["confounds"]["auroc"]
-        low, high = np.nanpercentile(boot[name] - boot["confounds"], [2.5, 97.5])
-        out[name]["lift"] = {"value": lift, "low": float(low), "high": float(high)}
+        diff = boot[name] - boot["confounds"]
+        low, high = np.nanpercentile(diff, [2.5, 97.5])
+        out[name]["lift"] = {"value": float(np.nanmean(diff)), "low": float(low), "high": float(high)}
     return out
 
 
@@ -241,7 +240,7 @@ def lines(det: dict[str, Any] | None) -> list[str]:
     out = ["## Detection before training", ""]
     if det["classifiers"]:
         out += [
-            "Held-out AUROC (two-fold out-of-fold scores, 95% bootstrap interval) of a logistic regression telling "
+            "Held-out AUROC (mean over out-of-bag draws, 95% interval) of a logistic regression telling "
             "each trait teacher's rows from the neutral teacher's; lift = AUROC minus the confound baseline's "
             "(length, base loss, gradient norm).",
             "",
