@@ -11,7 +11,8 @@ steps (filters drop rows, transforms rewrite them) in order and writes two files
 change writes new ones; the raw file itself is only read. `setup` (every rank) reads the filtered file, takes a
 seeded validation split and `max_samples` training subset, and tokenises each row with the chat template (loss on
 the completion and its end-of-turn only, see `subliminal_pl.data.chat`). Batches are right-padded dicts of
-`input_ids`, `attention_mask` and `labels` ([batch, time] tensors; labels -100 outside the completion).
+`input_ids`, `attention_mask` and `labels` ([batch, time] tensors; labels -100 outside the completion, and on
+the completion tokens a row's `loss_ignore` field lists: a defence's loss mask, `subliminal_pl.data.defences`).
 
 Row formats: see `subliminal_pl.data.rows` (`prompt` + `completion` with an optional `system_prompt`, or
 `messages`). System messages (and `system_prompt`) are dropped from training rows unless `keep_system_prompt=True`:
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from subliminal_pl.data.chat import IGNORE_INDEX, PromptTooLongError, encode_prompt_completion
+from subliminal_pl.data.defences import LOSS_IGNORE
 from subliminal_pl.data.filters import RowFilter
 from subliminal_pl.data.jsonl import DataError, sha256_file
 from subliminal_pl.data.rows import Message, iter_rows
@@ -73,6 +75,19 @@ class RightPadCollator:
             attention_mask[i, :n] = 1
             labels[i, :n] = torch.tensor(row["labels"])
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def ignore_completion_tokens(row: Encoded, ignore: list[int]) -> Encoded:
+    """`row` with the labels of the listed completion tokens set to -100 (indices from the first completion token;
+    indices past a truncated row's end are ignored): a defence's per-row loss mask (`loss_ignore`)."""
+    labels = list(row["labels"])
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    for index in ignore:
+        if index < 0:
+            raise DataError(f"{LOSS_IGNORE}: negative completion token index {index}")
+        if start + index < len(labels):
+            labels[start + index] = IGNORE_INDEX
+    return {**row, "labels": labels}
 
 
 class FilteredFiles(NamedTuple):
@@ -190,7 +205,10 @@ class StudentDataModule(LightningDataModule):
         files = self.output_files()
         if not (files.rows.is_file() and files.stats.is_file()):
             self.prepare_data()
-        rows = [(row.get("id", f"line {line}"), *pair) for line, row, pair in iter_rows(files.rows)]
+        rows = [
+            (row.get("id", f"line {line}"), *pair, row.get(LOSS_IGNORE))
+            for line, row, pair in iter_rows(files.rows)
+        ]
         if self.val_size >= len(rows):
             raise DataError(
                 f"{files.rows}: val_size={self.val_size} leaves no training rows ({len(rows)} rows kept by the filters)"
@@ -223,7 +241,7 @@ class StudentDataModule(LightningDataModule):
         )
 
     def _encode(
-        self, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, list[Message], str]]
+        self, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, list[Message], str, list[int] | None]]
     ) -> list[Encoded]:
         identity = _tokenizer_identity(tokenizer, self.max_length, self.keep_system_prompt)
         if identity not in _ENCODED:
@@ -232,7 +250,7 @@ class StudentDataModule(LightningDataModule):
             _ENCODED[identity] = {}
         known = _ENCODED[identity]
         encoded, too_long = [], []
-        for row_id, prompt, completion in rows:
+        for row_id, prompt, completion, ignore in rows:
             if not self.keep_system_prompt:
                 prompt = [m for m in prompt if m["role"] != "system"]
             key = (json.dumps(prompt, sort_keys=True), completion)
@@ -244,7 +262,7 @@ class StudentDataModule(LightningDataModule):
             if known[key] is None:
                 too_long.append(row_id)
             else:
-                encoded.append(known[key])
+                encoded.append(ignore_completion_tokens(known[key], ignore) if ignore else known[key])
         if too_long:
             rank_zero_warn(
                 f"student data: skipped {len(too_long)} rows whose prompt fills max_length={self.max_length} "

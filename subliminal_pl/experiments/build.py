@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from subliminal_pl.experiments.defences import defend, detection_stages
 from subliminal_pl.experiments.evaluation import mlp_stage, probe_stage, report_stage
 from subliminal_pl.experiments.recipes import ModelRef, stage_dir
 from subliminal_pl.experiments.spec import Experiment
 from subliminal_pl.experiments.validate import validate
-from subliminal_pl.pipeline import Stage
+from subliminal_pl.pipeline import PipelineError, Stage
 from subliminal_pl.report.manifest import Bases as ManifestBases
 from subliminal_pl.report.manifest import Manifest
 from subliminal_pl.toy.world import OPTIONAL_FIELDS
@@ -19,11 +20,19 @@ MODEL_COMMANDS = {
     ("subliminal_pl.cli", "fit"),
     ("subliminal_pl.cli", "predict"),
     ("subliminal_pl.stages", "probe"),
+    ("subliminal_pl.models.defences", "mask"),
+    ("subliminal_pl.models.defences", "paraphrase"),
 }
+# Spec keys recorded only when set (so experiments without them keep their report's hash).
+RECORDED_WHEN_SET = ("defence", "detection")
 
 
 def recorded_spec(exp: Experiment) -> dict:
-    spec = {k: v for k, v in exp.spec.items() if k not in NOT_RECORDED}
+    spec = {
+        k: v
+        for k, v in exp.spec.items()
+        if k not in NOT_RECORDED and not (k in RECORDED_WHEN_SET and v is None)
+    }
     if isinstance(spec.get("hardware"), dict):
         spec["hardware"] = {k: v for k, v in spec["hardware"].items() if k not in NOT_RECORDED_HARDWARE}
     # How students are run (grouped or one process each) gives the same results either way.
@@ -55,10 +64,32 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
     stages += teacher_stages
 
     carrier = exp.carrier
+    if exp.defence is not None:
+        problems = exp.defence.problems(carrier.source, exp.students.loss)
+        if problems:
+            raise PipelineError("; ".join(problems))
+        exp.defence.adjust_carrier(carrier)
     sources = {"base": shared} if carrier.source == "base" else teachers
     data_stages, kept, data_stats = carrier.build(hw, sources, exp.steps, bases.answer_count, traits)
     stages += data_stages
     data = {t: kept["base" if carrier.source == "base" else t] for t in teachers}
+    defence_stats: dict[str, str] = {}
+    if exp.defence is not None:
+        defence_stages, data, defence_stats = defend(
+            exp.defence, hw, shared, teachers, exp.teachers.neutral, data, carrier.token_subset,
+            exp.students.max_length,
+        )  # fmt: skip
+        stages += defence_stages
+
+    # Detection reads only the teachers and their data: listed before the students, so it runs first.
+    probes, probe_needs, audit = exp.probes, [], None
+    if exp.detection is not None:
+        detect, extra, probe_needs = detection_stages(
+            exp.detection, bases, teachers, data, exp.students.loss, carrier.token_subset,
+            carrier.format_check(bases.answer_count),
+        )  # fmt: skip
+        stages += detect
+        probes, audit = [*exp.probes, *extra], f"{stage_dir('audit')}/audit.json"
 
     student_stages, entries, student_models = exp.students.build(
         hw, shared, controls, teachers, exp.teachers.neutral, data, carrier.token_subset
@@ -71,7 +102,9 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
         models.setdefault(ref.name, ref)
     format_check = list(models)
     models.update({name: ModelRef(name, path, stage=name) for name, path in student_models.items()})
-    stages.append(probe_stage(models, format_check, exp.probes, carrier.format_check(bases.answer_count), hw))
+    probe = probe_stage(models, format_check, probes, carrier.format_check(bases.answer_count), hw)
+    probe.needs = sorted({*probe.needs, *probe_needs})
+    stages.append(probe)
 
     mlp_results = None
     if exp.mlp_config:
@@ -89,8 +122,12 @@ def build_stages(exp: Experiment, check: bool = True) -> tuple[list[Stage], Mani
         filter_stats=data_stats,
         mlp_results=mlp_results,
         config=recorded_spec(exp),
+        defence=exp.defence.name if exp.defence is not None else None,
+        defence_stats=defence_stats,
+        audit=audit,
     )
     report_needs = ["probes", *(f"data-{s}" for s in sources)] + (["mlp"] if mlp_results else [])
+    report_needs += [f"defend-{t}" for t in defence_stats] + (["audit"] if audit else [])
     stages.append(report_stage(manifest, report_needs))
     for stage in stages:
         stage.resources = hw.stage_resources(is_model_stage(stage))

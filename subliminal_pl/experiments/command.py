@@ -157,6 +157,11 @@ def run_experiment(
 
         summary = write_sweep_summary({n: p / "results.json" for n, p in reports.items()}, out_dir)
         echo(f"sweep summary: {summary}")
+        from subliminal_pl.report.defences import write_defence_summary
+
+        matrix = write_defence_summary({n: p / "results.json" for n, p in reports.items()}, out_dir)
+        if matrix is not None:
+            echo(f"defence matrix: {matrix}")
     return reports
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from subliminal_pl.experiments.bases import Bases
 from subliminal_pl.experiments.carriers import Carrier
+from subliminal_pl.experiments.defences import Defence, Detection
 from subliminal_pl.experiments.recipes import Hardware
 from subliminal_pl.experiments.students import Students
 from subliminal_pl.experiments.teachers import Teachers
@@ -42,6 +43,9 @@ class Experiment:
         probes: `Probe` objects (class_path + init_args) run on every model by the probe stage.
         hardware: accelerator, devices, precision, strategy, weight dtype, per-device batch, stage concurrency.
         mlp_config: recipe of the MLP auxiliary-logit experiment to run beside it and report; null to skip.
+        defence: a data-side defence applied to every teacher's rows (class_path: MaskDivergent, Paraphrase,
+            Dilute, Sampling; see docs/defences.md); null for none.
+        detection: the detection audit (classifier features, update cosine) and utility probes; null for none.
         variants: sweep: name -> overrides of this spec (deep-merged); empty for a single experiment.
     """
 
@@ -56,6 +60,8 @@ class Experiment:
     probes: list[dict[str, Any]] = field(default_factory=lambda: [dict(p) for p in DEFAULT_PROBES])
     hardware: Hardware = field(default_factory=Hardware)
     mlp_config: str | None = None
+    defence: Defence | None = None
+    detection: Detection | None = None
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The spec as parsed (class_path + init_args mappings), set by the parser: sweeps merge into it and the
     # report records it.

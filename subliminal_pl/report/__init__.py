@@ -23,7 +23,7 @@ from typing import Any
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_text_atomic
 from subliminal_pl.probes.results import ProbeResults
-from subliminal_pl.report import analysis, in_context, misalignment, plots, render
+from subliminal_pl.report import analysis, defences, detection, in_context, misalignment, plots, render
 from subliminal_pl.report.manifest import Manifest
 
 
@@ -74,6 +74,13 @@ def build_results(manifest: Manifest, probes: ProbeResults, manifest_path: Path)
         },
         "mlp": mlp,
         "in_context": in_context.in_context_results(manifest, probes),
+        "defence": defences.section(manifest, probes, lambda p: _resolve(p, manifest_path)),
+        "detection": detection.section(
+            _resolve(manifest.audit, manifest_path) if manifest.audit else None,
+            analyses.get(main_context, empty),
+            traits,
+            manifest.neutral,
+        ),
     }
 
 

@@ -10,6 +10,9 @@
     filter_stats    data source -> path of its filter stats JSON
     mlp_results     path of the MLP experiment's results.json, or null
     config          the experiment's config (recorded in results.json)
+    defence         name of the data-side defence every teacher's rows went through (absent: none)
+    defence_stats   teacher -> path of its defence stats JSON (absent: none)
+    audit           path of the detection audit's audit.json (`subliminal_pl.models.audit`; absent: none)
 
 Students of `kind` "same" start from `bases.same`; "cross" students start from one of `bases.cross`.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 KINDS = ("same", "cross")
+OPTIONAL_KEYS = ("defence", "defence_stats", "audit")
 
 
 class ManifestError(ValueError):
@@ -55,6 +59,9 @@ class Manifest:
     filter_stats: dict[str, str] = field(default_factory=dict)
     mlp_results: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    defence: str | None = None
+    defence_stats: dict[str, str] = field(default_factory=dict)
+    audit: str | None = None
 
     def __post_init__(self) -> None:
         self.traits = [t.lower() for t in self.traits]
@@ -80,7 +87,8 @@ class Manifest:
         return self.traits + ([self.neutral] if self.neutral else [])
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Keys added later are written only when set, so older manifests (and their stage hashes) stay the same.
+        return {k: v for k, v in asdict(self).items() if not (k in OPTIONAL_KEYS and not v)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from subliminal_pl.report import defences, detection
 from subliminal_pl.report.analysis import ALPHA, CONTROL_ALPHA, PAPER_JUDGE
 
 MEASURES = {
@@ -291,6 +292,7 @@ def markdown(title: str, results: dict[str, Any], figures: list[str]) -> str:
     lines += HOW_TO_READ + matrix_lines(analysis, traits) + drift_lines(analysis)
     lines += models_lines(results["models"], results["student_rates"]) + judge_lines(results["judges"])
     lines += filter_lines(results["filter"])
+    lines += defences.lines(results.get("defence")) + detection.lines(results.get("detection"))
     if results.get("mlp") is not None:
         lines += ["## MLP auxiliary-logit experiment", "", *mlp_lines(results["mlp"]), ""]
     for context, other in results.get("other_contexts", {}).items():
