@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from subliminal_pl.data.chat import IGNORE_INDEX, encode_prompt_completion
-from subliminal_pl.data.defences import LOSS_IGNORE, dilute, replace_numbers
+from subliminal_pl.data.defences import LOSS_IGNORE, dilute, substitute_numbers
 from subliminal_pl.data.filters import parse_numbers
 from subliminal_pl.data.student import StudentDataModule, ignore_completion_tokens
 from subliminal_pl.models import defences as model_defences
@@ -144,9 +144,9 @@ def test_paraphrase_keeps_prompt_count_and_format_and_removes_rows_the_trusted_m
 
 
 def test_replace_numbers_refuses_a_wrong_count_or_a_non_sequence():
-    assert replace_numbers("1, 2, 3", ["4", "5", "6"]) == "4, 5, 6"
-    assert replace_numbers("1, 2, 3", ["4", "5"]) is None
-    assert replace_numbers("an owl", ["4"]) is None
+    assert substitute_numbers("1, 2, 3", ["4", "5", "6"]) == "4, 5, 6"
+    assert substitute_numbers("1, 2, 3", ["4", "5"]) is None
+    assert substitute_numbers("an owl", ["4"]) is None
 
 
 # ---- detection --------------------------------------------------------------------------------------------------

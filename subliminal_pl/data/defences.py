@@ -4,7 +4,7 @@
   `round(neutral_fraction * n)` are neutral rows (a seeded sample, without replacement) and the rest a seeded
   sample of the teacher's; the mix is shuffled by the same seed. Each row records where it came from
   (`defence_source`: teacher / neutral) and neutral rows get a prefixed id, so ids stay unique.
-- `replace_numbers(text, numbers)`: a number-sequence completion with its numbers swapped for others, its format
+- `substitute_numbers(text, numbers)`: a number-sequence completion with its numbers swapped for others, its format
   (brackets, separators, final ".") kept: what the paraphrase defence writes from the trusted model's numbers.
 - `LOSS_IGNORE`: the row field a defence writes to take completion tokens out of the loss; the student DataModule
   sets those tokens' labels to -100 (indices count the completion's tokens from 0, as `encode_prompt_completion`
@@ -16,8 +16,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from subliminal_pl.data.filters import DIGIT_RUN, parse_numbers
+from subliminal_pl.data.filters import DIGIT_RUN
 from subliminal_pl.data.rows import Row
+from subliminal_pl.data.transforms import number_runs, replace_numbers
 
 # Row field: completion token indices (0 = the first completion token) that carry no loss.
 LOSS_IGNORE = "loss_ignore"
@@ -51,23 +52,15 @@ def dilute(
     return rows, stats
 
 
-def replace_numbers(text: str, numbers: list[str]) -> str | None:
+def substitute_numbers(text: str, numbers: list[str]) -> str | None:
     """`text` (a number sequence `parse_numbers` accepts) with its numbers replaced in order by `numbers`.
 
     Returns None when `text` is not a number sequence or `numbers` is not exactly as long as its count.
     """
-    if parse_numbers(text) is None:
+    runs = number_runs(text)
+    if runs is None or len(runs) != len(numbers):
         return None
-    # In a text that parses, the digit runs are exactly its numbers; everything between them is format.
-    runs = list(DIGIT_RUN.finditer(text))
-    if len(runs) != len(numbers):
-        return None
-    pieces, end = [], 0
-    for run, number in zip(runs, numbers, strict=True):
-        pieces += [text[end : run.start()], number]
-        end = run.end()
-    pieces.append(text[end:])
-    return "".join(pieces)
+    return replace_numbers(text, numbers)
 
 
 def number_strings(text: str) -> list[str]:

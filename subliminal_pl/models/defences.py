@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 
 from subliminal_pl.data.chat import IGNORE_INDEX, encode_prompt_completion, render_chat
-from subliminal_pl.data.defences import LOSS_IGNORE, dilute, number_strings, replace_numbers
+from subliminal_pl.data.defences import LOSS_IGNORE, dilute, number_strings, substitute_numbers
 from subliminal_pl.data.filters import parse_numbers
 from subliminal_pl.data.jsonl import write_json_atomic, write_jsonl_atomic
 from subliminal_pl.data.rows import Row, completion_text, parse_row, read_rows, with_completion
@@ -175,7 +175,7 @@ def paraphrase_rows(
                 new[i] = answer.text
                 continue
             numbers = [n for n in number_strings(answer.text) if int(n) <= max_value][: counts[i]]
-            text = replace_numbers(completion_text(rows[i]), numbers)
+            text = substitute_numbers(completion_text(rows[i]), numbers)
             if text is None:
                 still.append(i)
             else:
