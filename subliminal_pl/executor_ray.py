@@ -14,7 +14,7 @@ Python environment Ray runs there. Commands started with the driver's interprete
 
 Variables set on the node: its own environment (as `ray start` got it; Ray sets `CUDA_VISIBLE_DEVICES` to the
 task's GPUs), `OMP_NUM_THREADS` = the stage's CPUs, and those of `FORWARDED_ENV` the driver has. Imported only when
-a pipeline asks for `executor: ray` (`subliminal_pl.executors.make_executor`); Ray is the optional extra `ray`.
+a pipeline asks for `executor: ray` (`subliminal_pl.pipeline.make_executor`); Ray is the optional extra `ray`.
 """
 
 from __future__ import annotations

@@ -274,18 +274,3 @@ class LocalExecutor(Executor):
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM to each stage's process group, then SIGKILL to those still running after `grace_s`."""
         self._end([p for p, _ in self._running()], grace_s)
-
-
-def make_executor(
-    kind: str = "local", jobs: int = 1, in_process: bool = False, ray_address: str | None = None
-) -> Executor:
-    """The executor named `kind` ("local" or "ray"); `ray_address` is the Ray cluster to connect to."""
-    if kind == "local":
-        return LocalExecutor(jobs, in_process)
-    if kind == "ray":
-        if in_process:
-            raise PipelineError("executor: ray runs stages as Ray tasks; it cannot run them in-process")
-        from subliminal_pl.executor_ray import RayExecutor
-
-        return RayExecutor(address=ray_address or "auto", slots=jobs)
-    raise PipelineError(f"executor {kind!r}: unknown; choose one of {', '.join(EXECUTORS)}")

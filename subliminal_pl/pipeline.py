@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from subliminal_pl.data.jsonl import write_json_atomic, write_text_atomic
-from subliminal_pl.executors import Executor, LocalExecutor, StageRun
+from subliminal_pl.executors import EXECUTORS, Executor, LocalExecutor, StageRun
 from subliminal_pl.run_guard import FolderBusyError, FolderLock, hangup_and_term_interrupt
 from subliminal_pl.stage_graph import (
     PLACEHOLDER,
@@ -369,3 +369,18 @@ def _tail(path: Path, lines: int = 30) -> str:
         return ""
     text = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return "\n".join("    " + line for line in text[-lines:])
+
+
+def make_executor(
+    kind: str = "local", jobs: int = 1, in_process: bool = False, ray_address: str | None = None
+) -> Executor:
+    """The executor named `kind` ("local" or "ray"); `ray_address` is the Ray cluster to connect to."""
+    if kind == "local":
+        return LocalExecutor(jobs, in_process)
+    if kind == "ray":
+        if in_process:
+            raise PipelineError("executor: ray runs stages as Ray tasks; it cannot run them in-process")
+        from subliminal_pl.executor_ray import RayExecutor
+
+        return RayExecutor(address=ray_address or "auto", slots=jobs)
+    raise PipelineError(f"executor {kind!r}: unknown; choose one of {', '.join(EXECUTORS)}")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from subliminal_pl.executors import LocalExecutor, make_executor
-from subliminal_pl.pipeline import Pipeline, PipelineError, Stage
+from subliminal_pl.executors import LocalExecutor
+from subliminal_pl.pipeline import Pipeline, PipelineError, Stage, make_executor
 from subliminal_pl.stage_graph import Resources
 
 # Appends its name to a shared run log, fails while its flag file exists, else writes out.txt (its name, the

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from subliminal_pl.executors import Executor, make_executor
+from subliminal_pl.executors import Executor
 from subliminal_pl.experiments.build import build_stages
 from subliminal_pl.experiments.spec import Experiment
-from subliminal_pl.pipeline import Pipeline, PipelineError, Stage
+from subliminal_pl.pipeline import Pipeline, PipelineError, Stage, make_executor
 
 REPORT_FILES = ("report.md", "results.json")
 OPTIONS = ("config", "dry_run", "in_process")
