@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU smoke check (< 5 minutes on one GPU): the gpu/deepspeed tests, then the shipped recipes end to end on a
-# tiny model through the CLI: batched teacher generation, a bf16 LoRA fit, and a DeepSpeed ZeRO-2 LoRA fit.
+# tiny model through the CLI: batched teacher generation, a bf16 LoRA fit, two grouped LoRA fits in one process
+# (`fit-group`, as the pipeline runs students), and a DeepSpeed ZeRO-2 LoRA fit.
 # Run inside the Docker image (its default command) or from a checkout with the package installed.
 # SMOKE_CPU=1 runs the same CLI steps on a CPU in fp32 (no tests, no DeepSpeed): a check of the script itself.
 set -euo pipefail
@@ -59,6 +60,16 @@ python -c "import sys; n = sum(1 for _ in open(sys.argv[1])); assert n == 512, n
 step "LoRA student fit ($TRAINER)"
 subliminal-pl fit --config configs/examples/tiny_student.yaml --config "$TRAINER" --config "$WORK/student.yaml"
 test -f "$WORK/student/export/adapter_config.json"
+
+step "grouped students: two seeds' LoRA fits in one process, as the pipeline runs them ($TRAINER)"
+for seed in 1 2; do
+  mkdir -p "$WORK/group$seed"
+  subliminal-pl fit --config configs/examples/tiny_student.yaml --config "$TRAINER" --config "$WORK/student.yaml" \
+    --seed_everything "$seed" --print_config | sed "s#$WORK/student/#$WORK/group$seed/#g" > "$WORK/group$seed/recipe.yaml"
+done
+subliminal-pl fit-group "$WORK/group1" "$WORK/group2"
+test -f "$WORK/group1/export/adapter_config.json" && test -f "$WORK/group2/export/adapter_config.json"
+test -f "$WORK/group1/fit.done.json" && test -f "$WORK/group2/fit.done.json"
 
 if [ "$CPU" != 1 ]; then
   step "DeepSpeed ZeRO-2 LoRA student fit on one GPU"
