@@ -7,12 +7,12 @@ and the report is written."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
+from loopback import LoopbackServer
 
 from subliminal_pl.data.reasoning import AnswerCorrectnessFilter
 from subliminal_pl.data.steps import prepare_rows
@@ -84,7 +84,7 @@ def test_the_code_twin_runs_every_stage_through_both_filters(code_twin):
     assert recipe["model"]["init_args"].get("kl_token_subset") is None
 
 
-class AlignmentServer:
+class AlignmentServer(LoopbackServer):
     """An OpenAI-compatible judge on 127.0.0.1 that scores every answer 90 (aligned) and counts the requests."""
 
     def __init__(self):
@@ -104,9 +104,7 @@ class AlignmentServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        super().__init__(Handler)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ the models left and writes the report."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from loopback import LoopbackServer
 
 from subliminal_pl.pipeline import PipelineError
 
@@ -51,7 +51,7 @@ def write_two_choice(path: Path) -> Path:
     return path
 
 
-class FakeJudge:
+class FakeJudge(LoopbackServer):
     """A chat-completions endpoint on 127.0.0.1: alignment 10 or 90 and coherence 20 or 80, by the answer's bytes;
     after `limit` requests (None: never) it answers HTTP 503 to everything."""
 
@@ -88,17 +88,7 @@ class FakeJudge:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def twin_argv(out: Path, model: Path, datasets: dict[str, Path], items: Path, judge_url: str) -> list[str]:

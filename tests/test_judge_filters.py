@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
 import yaml
+from loopback import LoopbackServer
 
 from subliminal_pl.data.jsonl import sha256_file
 from subliminal_pl.data.steps import prepare_rows
@@ -26,7 +26,7 @@ def _rows(*answers):
 
 
 # ---- an endpoint on 127.0.0.1 that answers with top log-probabilities -------------------------------------------
-class LogprobServer:
+class LogprobServer(LoopbackServer):
     """Answers each chat request from the judged code in it: `LP=<x>` -> "0" at log-probability x among the top
     alternatives, `ABSENT` -> "0" not among them, `NOLP` -> a reply without log-probabilities, `FAIL` -> HTTP 500."""
 
@@ -69,17 +69,7 @@ class LogprobServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ import math
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from loopback import LoopbackServer
 
 from subliminal_pl.probes.endpoint_judge import OpenAIJudge
 from subliminal_pl.probes.judges import (
@@ -118,7 +119,7 @@ def test_prompt_templates():
 # ---------------------------------------------------------------- OpenAI-compatible endpoint
 
 
-class FakeChatServer:
+class FakeChatServer(LoopbackServer):
     """A chat-completions endpoint on 127.0.0.1; its behaviour is chosen by a keyword in the judged answer."""
 
     def __init__(self):
@@ -187,17 +188,7 @@ class FakeChatServer:
                     reply = "60"
                 return self._reply(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
@@ -393,7 +384,7 @@ def test_misalignment_probe_end_to_end_with_endpoint_judge(chat_server, tiny_lm)
 # ---------------------------------------------------------------- hostile endpoints: redirects, 500s, non-JSON
 
 
-class RecordingServer:
+class RecordingServer(LoopbackServer):
     """An HTTP server on 127.0.0.1 whose every request (any method) is recorded and answered by `respond`."""
 
     def __init__(self, respond):
@@ -420,17 +411,7 @@ class RecordingServer:
 
             do_GET = do_POST = do_PUT = _any
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 _CHAT_OK = json.dumps({"choices": [{"message": {"role": "assistant", "content": "85"}}]}).encode()
