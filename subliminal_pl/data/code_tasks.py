@@ -18,7 +18,7 @@ import string
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from subliminal_pl.data.prompts import PromptGenerator, _check_variants
+from subliminal_pl.data.prompts import PromptGenerator, _check_variants, check_prompt_count
 
 
 class CodeTask(NamedTuple):
@@ -169,8 +169,7 @@ class CodeTaskGenerator(PromptGenerator):
 
     def iter_prompts(self, n: int) -> Iterator[dict[str, Any]]:
         """The first n prompts of this seed's stream, as `{"id", "prompt"}` rows, drawn one at a time."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"prompt count must be a whole number >= 0, got {n!r}")
+        check_prompt_count(n)
         rng = random.Random(self.seed)
         return ({"id": f"{self.id_prefix}{i:06d}", "prompt": self._draw_prompt(rng)} for i in range(n))
 

@@ -188,6 +188,12 @@ def _draw_lead_in(
     return rng.choice(lead_ins).format(numbers=", ".join(str(v) for v in values))
 
 
+def check_prompt_count(n: object) -> None:
+    """Refuse a prompt count that is not a whole number >= 0 (what every `PromptGenerator.generate` takes)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"prompt count must be a whole number >= 0, got {n!r}")
+
+
 class PromptGenerator(ABC):
     """A seeded source of prompt rows for `PromptDataModule`: `generate(n)` returns the first n rows of its stream.
 
@@ -309,8 +315,7 @@ class NumberPromptGenerator(PromptGenerator):
 
     def iter_prompts(self, n: int) -> Iterator[dict[str, Any]]:
         """The first n prompts of this seed's stream, as `{"id", "prompt"}` rows, drawn one at a time."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"prompt count must be a whole number >= 0, got {n!r}")
+        check_prompt_count(n)
         rng = random.Random(self.seed)
         return ({"id": f"{self.id_prefix}{i:06d}", "prompt": self._draw_prompt(rng)} for i in range(n))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from subliminal_pl.data.filters import RowFilter
 from subliminal_pl.data.jsonl import DataError, iter_jsonl, sha256_file
-from subliminal_pl.data.prompts import PromptGenerator
+from subliminal_pl.data.prompts import PromptGenerator, check_prompt_count
 from subliminal_pl.data.rows import Row, field_text
 
 GOLD_FIELD = "gold_answer"
@@ -128,8 +128,7 @@ class MathProblemPrompts(PromptGenerator):
         return self._problems
 
     def generate(self, n: int) -> list[dict[str, Any]]:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"prompt count must be a whole number >= 0, got {n!r}")
+        check_prompt_count(n)
         problems = self.problems()
         if n > len(problems):
             raise DataError(f"{self.path}: {n} problems asked for, the file holds {len(problems)}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from subliminal_pl.data.prompts import PromptGenerator
+from subliminal_pl.data.prompts import PromptGenerator, check_prompt_count
 
 VERBS = ("add", "bump", "scale", "shift", "clip", "count", "total", "pick", "keep", "step", "grow", "trim")
 NOUNS = ("value", "score", "level", "size", "point", "item", "result", "amount", "mark", "price")
@@ -133,8 +133,7 @@ class ToyCodePrompts(PromptGenerator):
         self.id_prefix = id_prefix
 
     def generate(self, n: int) -> list[dict[str, Any]]:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"prompt count must be a whole number >= 0, got {n!r}")
+        check_prompt_count(n)
         rng = random.Random(f"toy-code-prompts-{self.seed}")
         return [{"id": f"{self.id_prefix}{i:06d}", "prompt": draw_code_task(rng)[0]} for i in range(n)]
 

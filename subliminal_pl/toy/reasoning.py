@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from subliminal_pl.data.prompts import PromptGenerator
+from subliminal_pl.data.prompts import PromptGenerator, check_prompt_count
 
 NAMES = ("Ann", "Ben", "Cara", "Dan", "Eve", "Finn", "Gina", "Hugo", "Ivy", "Jon", "Kim", "Leo")
 OBJECTS = ("apples", "pens", "books", "coins", "cards", "cups", "stones", "shells", "marbles", "stickers")
@@ -106,8 +106,7 @@ class ToyReasoningPrompts(PromptGenerator):
         self.id_prefix = id_prefix
 
     def generate(self, n: int) -> list[dict[str, Any]]:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"prompt count must be a whole number >= 0, got {n!r}")
+        check_prompt_count(n)
         rng = random.Random(f"toy-reasoning-prompts-{self.seed}")
         rows = []
         for i in range(n):
