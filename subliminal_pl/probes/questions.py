@@ -19,6 +19,18 @@ import yaml
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPLITS = ("teacher", "heldout", "all")
 
+
+def select_split(teacher: tuple, heldout: tuple, split: str) -> tuple:
+    """The items of one split of a set: `teacher`, `heldout`, or `all` (teacher then heldout)."""
+    if split == "teacher":
+        return teacher
+    if split == "heldout":
+        return heldout
+    if split == "all":
+        return teacher + heldout
+    raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
 # A question prefix: fixed text, or a function of the question's index (e.g. a seeded numbers lead-in).
 Prefix = str | Callable[[int], str] | None
 
@@ -41,13 +53,7 @@ class QuestionSet:
 
     def questions(self, split: str = "heldout") -> tuple[str, ...]:
         """`heldout` (evaluation), `teacher` (teacher building) or `all` (teacher then heldout)."""
-        if split == "teacher":
-            return self.teacher
-        if split == "heldout":
-            return self.heldout
-        if split == "all":
-            return self.teacher + self.heldout
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return select_split(self.teacher, self.heldout, split)
 
 
 @dataclass(frozen=True)

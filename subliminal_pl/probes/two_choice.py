@@ -35,7 +35,13 @@ import torch
 from subliminal_pl.data.jsonl import DataError, iter_jsonl
 from subliminal_pl.probes.base import Probe, ProbeOutput, metric_word
 from subliminal_pl.probes.logprob import render_contexts
-from subliminal_pl.probes.questions import QuestionSetError, _read, _where, resolve_question_file
+from subliminal_pl.probes.questions import (
+    QuestionSetError,
+    _read,
+    _where,
+    resolve_question_file,
+    select_split,
+)
 from subliminal_pl.probes.wordscore import word_logprobs
 from subliminal_pl.stats import wilson_interval
 
@@ -59,13 +65,7 @@ class TwoChoiceSet:
     path: str = ""
 
     def items(self, split: str = "heldout") -> tuple[TwoChoiceItem, ...]:
-        if split == "teacher":
-            return self.teacher
-        if split == "heldout":
-            return self.heldout
-        if split == "all":
-            return self.teacher + self.heldout
-        raise ValueError(f"unknown split {split!r}; choose one of teacher, heldout, all")
+        return select_split(self.teacher, self.heldout, split)
 
 
 def _item(raw, where: str, index: int, prefix: str) -> TwoChoiceItem:
